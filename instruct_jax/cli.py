@@ -1,0 +1,195 @@
+"""Command line: flags -> (multi-host init) -> gin -> train | bench | ...
+
+    instruct-jax train --gin_file=runs/smoke.gin --gin.TRAIN_STEPS=100
+    python -m instruct_jax train --gin_file=runs/finetune.gin \
+        --gin_file=models/flan_t5/base.gin --gin.MODEL_DIR="'gs://bucket/run'"
+
+Gin files are found relative to the current directory, --gin_search_paths, the
+shipped gin_configs/ folder and its parent (so both `runs/smoke.gin` and
+`gin_configs/runs/smoke.gin` work).
+"""
+import argparse
+import os
+import re
+import sys
+import traceback
+from typing import Callable, Optional, Sequence
+
+import gin
+
+import gin_configs
+
+SUBCOMMANDS = ("train", "bench")
+_REQUIRED_MACRO = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently")
+_REQUIRED_PARAM = re.compile(r"^(\S+) set to `%gin\.REQUIRED` but not subsequently")
+
+
+class UsageError(ValueError):
+  """A problem with the command line or gin configuration that the user must fix."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="instruct-jax",
+      description="t5x-compatible instruction tuning in JAX. Gin bindings are given as "
+                  "--gin.KEY=VALUE (strings need inner quotes: --gin.MODEL_DIR=\"'/tmp/run'\").")
+  parser.add_argument("command", choices=SUBCOMMANDS)
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="Gin file to parse; repeatable, later files override earlier ones.")
+  parser.add_argument("--gin_search_paths", action="append", default=[],
+                      help="Extra directories (comma-separated) to look up gin files in.")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="HOST:PORT of process 0, for multi-host runs.")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  parser.add_argument("--traceback", action="store_true",
+                      help="Show the full Python traceback for configuration errors.")
+  # Benchmark options (`bench`).
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--input_length", type=int, default=512)
+  parser.add_argument("--target_length", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--num_partitions", type=int, default=1)
+  parser.add_argument("--parameter_partitioning_dims", type=int, default=1)
+  return parser
+
+
+def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--gin.KEY=VALUE` (or `--gin.KEY VALUE`) bindings from other flags."""
+  rest, bindings = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--gin."):
+      body = arg[len("--gin."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise UsageError(f"Gin binding {arg!r} has no value; write --gin.{body}=VALUE.")
+        body = f"{body}={argv[i + 1]}"
+        i += 1
+      key, value = body.split("=", 1)
+      bindings.append(f"{key} = {value}")
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, bindings
+
+
+def initialize_multihost(coordinator_address: Optional[str], num_processes: Optional[int],
+                         process_id: Optional[int]) -> None:
+  """Joins a multi-process job: explicit flags, or auto-detected on Cloud TPU VMs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise UsageError("--coordinator_address needs --num_processes and --process_id too.")
+    if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+    jax.distributed.initialize()
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
+              search_paths: Sequence[str] = ()) -> None:
+  """Parses gin files and bindings, turning gin's errors into ones that say what to fix."""
+  paths = [p for entry in search_paths for p in entry.split(",") if p]
+  for path in [os.getcwd(), *paths, gin_configs.ROOT, os.path.dirname(gin_configs.ROOT)]:
+    gin.add_config_file_search_path(path)
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+  except ValueError as e:
+    message = str(e)
+    required = _REQUIRED_MACRO.match(message)
+    if required:
+      name = required.group(1)
+      raise UsageError(f"Required gin macro {name} is not set. Pass --gin.{name}=VALUE on the "
+                       f"command line or bind `{name} = ...` in a gin file.") from e
+    required = _REQUIRED_PARAM.match(message)
+    if required:
+      raise UsageError(f"Required gin parameter {required.group(1)} is not set; bind it in a "
+                       f"gin file or with --gin.{required.group(1)}=VALUE.") from e
+    raise UsageError(f"Gin configuration error: {message}") from e
+  except (SyntaxError, IOError) as e:
+    culprit = _find_bad_binding(bindings)
+    hint = (f" in binding {culprit!r}" if culprit else "") + (
+        ". String values need inner quotes, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"; "
+        "gin files are searched in the current directory, --gin_search_paths and "
+        f"{gin_configs.ROOT}.")
+    raise UsageError(f"Malformed gin configuration{hint} ({type(e).__name__}: {e})") from e
+
+
+def _find_bad_binding(bindings: Sequence[str]) -> Optional[str]:
+  for binding in bindings:
+    try:
+      gin.config_parser.ConfigParser(binding, gin.config.ParserDelegate(skip_unknown=True)
+                                    ).parse_statement()
+    except SyntaxError:
+      return binding
+  return None
+
+
+def write_config(model_dir: Optional[str]) -> None:
+  """Saves the resolved gin config to MODEL_DIR/config.gin (process 0 only)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not model_dir or jax.process_index() != 0:
+    return
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(gin.config_str())
+
+
+def _macro(name: str):
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    return None
+
+
+def _run_train(args) -> None:
+  from instruct_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  if not args.gin_file:
+    raise UsageError("train needs at least one --gin_file (e.g. --gin_file=runs/smoke.gin).")
+  try:
+    train_fn = gin.get_configurable(trainer.train)
+  except ValueError as e:
+    raise UsageError("No gin file binds `trainer.train`; include a runs/*.gin file such as "
+                     "runs/finetune.gin or runs/smoke.gin.") from e
+  write_config(_macro("MODEL_DIR"))
+  train_fn()
+
+
+def _run_bench(args) -> None:
+  from instruct_jax import bench  # pylint: disable=g-import-not-at-top
+  bench.main(args)
+
+
+def _user_facing_errors() -> tuple[type, ...]:
+  """Errors whose message says what to fix; shown without a traceback."""
+  from instruct_jax.data.pipeline import UnknownTaskError  # pylint: disable=g-import-not-at-top
+  from instruct_jax.train.trainer import NonFiniteLossError  # pylint: disable=g-import-not-at-top
+  return (UsageError, NonFiniteLossError, UnknownTaskError)
+
+
+_COMMANDS: dict[str, Callable] = {"train": _run_train, "bench": _run_bench}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  show_traceback = "--traceback" in argv
+  try:
+    rest, bindings = split_gin_bindings(argv)
+    args = _build_parser().parse_args(rest)
+    initialize_multihost(args.coordinator_address, args.num_processes, args.process_id)
+    if args.gin_file or bindings:
+      parse_gin(args.gin_file, bindings, args.gin_search_paths)
+    _COMMANDS[args.command](args)
+  except Exception as e:  # pylint: disable=broad-except
+    if not isinstance(e, _user_facing_errors()):
+      raise
+    if show_traceback:
+      traceback.print_exc()
+    print(f"instruct-jax: error: {e}", file=sys.stderr)
+    sys.exit(1)

@@ -1,0 +1,219 @@
+"""Optimizers and learning-rate schedules, built from optax.
+
+`adafactor` reproduces t5x's Adafactor update rule (the one every released T5 /
+Flan-T5 checkpoint was trained with) as a chain of optax transformations:
+
+  t5x hyperparameter              optax piece
+  ------------------------------  ---------------------------------------------
+  decay_rate (0.8), step_offset   scale_by_factored_rms(decay_rate, step_offset):
+                                    beta2_t = 1 - (t - step_offset + 1)^-0.8,
+                                    t = number of updates already applied
+  epsilon1 (1e-30)                scale_by_factored_rms(epsilon=...) added to g^2
+  factored, min_dim_size_to_factor  scale_by_factored_rms: row/col statistics for
+                                    the two largest dims when both are >= 128
+  clipping_threshold (1.0)        clip_by_block_rms: update / max(1, RMS(update))
+  learning_rate                   scale_by_learning_rate (schedule or float)
+  multiply_by_parameter_scale,    scale_by_param_block_rms(min_scale=epsilon2):
+    epsilon2 (1e-3)                 step *= max(RMS(param), epsilon2)
+  momentum (None = off)           ema(momentum, debias=False)  (t5x beta1)
+  weight_decay_rate               add_decayed_weights: param * (1 - rate), not
+                                    multiplied by the learning rate (as t5x)
+
+The transformations are combined with `optax.named_chain`, so the optimizer
+state is a dict keyed by the names below and the second-moment statistics live
+in `opt_state["factored_rms"]` as an `optax.FactoredState` with fields
+`v_row`, `v_col`, `v` — the same names and shapes as t5x's Adafactor state,
+which lets checkpoint conversion carry them over leaf by leaf.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import optax
+
+# Names of the adafactor chain's entries (keys of its state dict).
+FACTORED_RMS = "factored_rms"
+CLIP_BY_BLOCK_RMS = "clip_by_block_rms"
+LEARNING_RATE = "learning_rate"
+PARAMETER_SCALE = "parameter_scale"
+MOMENTUM = "momentum"
+WEIGHT_DECAY = "weight_decay"
+DESCENT = "descent"
+
+SCHEDULE_NAMES = ("constant", "rsqrt_decay", "linear", "cosine")
+
+
+def _second_moment_decay(step: Any, exponent: Any) -> Any:
+  """t5x's beta2 schedule 1 - (step + 1)^-exponent, step already offset.
+
+  Steps before `step_offset` are clamped to 0 (beta2 = 0, i.e. the statistics
+  restart) instead of giving NaN from a negative base, which is what t5x and
+  optax's default would produce there.
+  """
+  t = jnp.maximum(jnp.asarray(step, jnp.float32), 0.0) + 1.0
+  return 1.0 - t ** (-exponent)
+
+
+def adafactor(
+    learning_rate: optax.ScalarOrSchedule,
+    decay_rate: float = 0.8,
+    step_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: float | None = 1.0,
+    min_dim_size_to_factor: int = 128,
+    epsilon1: float = 1e-30,
+    epsilon2: float = 1e-3,
+    factored: bool = True,
+    momentum: float | None = None,
+    weight_decay_rate: float | None = None,
+) -> optax.GradientTransformation:
+  """Adafactor with t5x semantics (see the module docstring for the mapping).
+
+  Args:
+    learning_rate: float or optax schedule (a function of the update count).
+    decay_rate: exponent of the second-moment decay 1 - (t + 1)^-decay_rate.
+    step_offset: subtracted from the step before computing the decay; set it
+      to the pretraining step count when fine-tuning restarts the statistics.
+    multiply_by_parameter_scale: scale the step by max(RMS(param), epsilon2),
+      making the learning rate relative to each parameter's size.
+    clipping_threshold: cap on the RMS of each parameter's normalised update;
+      None disables clipping.
+    min_dim_size_to_factor: factor the second moment only when the two largest
+      dims are both at least this size.
+    epsilon1: added to squared gradients.
+    epsilon2: floor of the parameter scale.
+    factored: False keeps a full second moment for every parameter.
+    momentum: t5x's beta1; None (default) keeps no first moment at all.
+    weight_decay_rate: decoupled decay applied as param * (1 - rate).
+
+  Returns:
+    An optax GradientTransformation whose state is a dict keyed by the chain
+    entry names (FACTORED_RMS, ...).
+  """
+  if clipping_threshold is not None and clipping_threshold < 1.0:
+    raise ValueError(
+        f"clipping_threshold must be >= 1.0 or None, got {clipping_threshold}. "
+        "t5x uses 1.0; pass None to disable update clipping.")
+  if momentum is not None and not 0.0 <= momentum < 1.0:
+    raise ValueError(
+        f"momentum must be None or in [0, 1), got {momentum}. It is t5x's "
+        "beta1; leave it None for the memory-light default.")
+
+  chain: list[tuple[str, optax.GradientTransformation]] = [
+      (FACTORED_RMS, optax.scale_by_factored_rms(
+          factored=factored,
+          decay_rate=decay_rate,
+          step_offset=step_offset,
+          min_dim_size_to_factor=min_dim_size_to_factor,
+          epsilon=epsilon1,
+          decay_rate_fn=_second_moment_decay)),
+  ]
+  if clipping_threshold is not None:
+    chain.append((CLIP_BY_BLOCK_RMS, optax.clip_by_block_rms(
+        clipping_threshold)))
+  chain.append((LEARNING_RATE, optax.scale_by_learning_rate(
+      learning_rate, flip_sign=False)))
+  if multiply_by_parameter_scale:
+    chain.append((PARAMETER_SCALE, optax.scale_by_param_block_rms(
+        min_scale=epsilon2)))
+  if momentum is not None:
+    chain.append((MOMENTUM, optax.ema(
+        momentum, debias=False, accumulator_dtype=jnp.float32)))
+  if weight_decay_rate is not None:
+    chain.append((WEIGHT_DECAY, optax.add_decayed_weights(weight_decay_rate)))
+  chain.append((DESCENT, optax.scale(-1.0)))
+  return optax.named_chain(*chain)
+
+
+def adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    weight_decay_mask: Any | Callable[[Any], Any] | None = None,
+) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay), mainly for decoder-only models.
+
+  `weight_decay_mask` (a pytree of bools or a function of the params) lets a
+  caller spare e.g. norm scales from decay; None decays every parameter.
+  """
+  return optax.adamw(
+      learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+      mask=weight_decay_mask)
+
+
+def _rsqrt_decay(base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
+  """t5x's `constant * rsqrt_decay`: flat at base/sqrt(warmup), then 1/sqrt(t).
+
+  The floor of 1 on the denominator avoids dividing by zero at step 0 when
+  warmup_steps is 0 (t5x would return inf there).
+  """
+  floor = float(max(warmup_steps, 1))
+
+  def schedule(count):
+    step = jnp.asarray(count, jnp.float32)
+    return base_learning_rate / jnp.sqrt(jnp.maximum(step, floor))
+
+  return schedule
+
+
+def learning_rate_schedule(
+    name: str = "constant",
+    base_learning_rate: float = 1e-3,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    end_learning_rate: float = 0.0,
+) -> optax.Schedule:
+  """Learning rate as a function of the optimizer step.
+
+  Args:
+    name: "constant" (linear warmup from 0 when warmup_steps > 0, then flat),
+      "rsqrt_decay" (t5x: base / sqrt(max(step, warmup_steps)); T5 pretraining
+      uses base 1.0, warmup 10000), "linear" (warmup, then linear decay to
+      end_learning_rate at total_steps) or "cosine" (warmup, then cosine decay
+      to end_learning_rate at total_steps). Case-insensitive.
+    base_learning_rate: peak (or, for rsqrt_decay, numerator) learning rate.
+    warmup_steps: length of the warmup.
+    total_steps: schedule length including warmup; required by linear/cosine.
+    end_learning_rate: final value of linear/cosine.
+
+  Returns:
+    An optax schedule (step -> learning rate).
+  """
+  canonical = name.strip().lower() if isinstance(name, str) else name
+  if canonical not in SCHEDULE_NAMES:
+    raise ValueError(
+        f"Unknown learning-rate schedule {name!r}; expected one of "
+        f"{', '.join(SCHEDULE_NAMES)}.")
+  if warmup_steps < 0:
+    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}.")
+
+  if canonical == "constant":
+    if warmup_steps:
+      return optax.schedules.warmup_constant_schedule(
+          0.0, base_learning_rate, warmup_steps)
+    return optax.schedules.constant_schedule(base_learning_rate)
+  if canonical == "rsqrt_decay":
+    return _rsqrt_decay(base_learning_rate, warmup_steps)
+
+  if total_steps is None or total_steps <= warmup_steps:
+    raise ValueError(
+        f"The {canonical!r} schedule needs total_steps > warmup_steps, got "
+        f"total_steps={total_steps}, warmup_steps={warmup_steps}. Set "
+        "total_steps to the number of training steps (e.g. TRAIN_STEPS).")
+  if canonical == "linear":
+    return optax.schedules.join_schedules(
+        [optax.schedules.linear_schedule(
+            0.0, base_learning_rate, warmup_steps),
+         optax.schedules.linear_schedule(
+             base_learning_rate, end_learning_rate,
+             total_steps - warmup_steps)],
+        [warmup_steps])
+  return optax.schedules.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=base_learning_rate,
+      warmup_steps=warmup_steps,
+      decay_steps=total_steps,
+      end_value=end_learning_rate)

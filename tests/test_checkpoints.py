@@ -1,0 +1,298 @@
+"""Tests for instruct_jax.train.checkpoints on 8 fake CPU devices, with tiny arrays."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from instruct_jax.train import checkpoints
+from instruct_jax.train.state import TrainState
+
+P = jax.sharding.PartitionSpec
+
+
+class CountingIterator:
+  """A stand-in data iterator whose whole state is how many batches it has produced."""
+
+  def __init__(self):
+    self.position = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self.position += 1
+    return {"position": self.position}
+
+  def _file(self, directory):
+    return os.path.join(directory, f"iterator-{jax.process_index():03d}.json")
+
+  def save(self, directory):
+    with open(self._file(directory), "w") as f:
+      json.dump({"position": self.position}, f)
+
+  def restore(self, directory):
+    with open(self._file(directory)) as f:
+      self.position = json.load(f)["position"]
+
+
+def _optimizer():
+  # Factor dims >= 8 so the tiny test arrays get real factored (v_row / v_col) state.
+  return optax.adafactor(1e-2, min_dim_size_to_factor=8)
+
+
+def _make_params(seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  return {
+      "token_embedder": {"embedding": jax.random.normal(k1, (16, 8))},
+      "encoder": {"layers_0": {"mlp": {"wi": {"kernel": jax.random.normal(k2, (8, 16))}}}},
+      "decoder": {"decoder_norm": {"scale": jax.random.normal(k3, (8,))}},
+  }
+
+
+def _make_state(step=0, seed=0):
+  """A TrainState with non-trivial adafactor state (one update applied)."""
+  params = _make_params(seed)
+  tx = _optimizer()
+  opt_state = tx.init(params)
+  grads = jax.tree.map(lambda p: 0.1 * p + 1.0, params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state)
+
+
+def _mesh():
+  return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+
+
+def _fsdp_sharding(shape, mesh):
+  """Split the first dimension 8 ways when it divides, otherwise replicate."""
+  if shape and shape[0] % mesh.size == 0:
+    return jax.sharding.NamedSharding(mesh, P("data"))
+  return jax.sharding.NamedSharding(mesh, P())
+
+
+def _abstract(tree, sharding_fn):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_fn(x.shape)), tree)
+
+
+def _single_device(shape):
+  del shape
+  return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def _assert_trees_bitwise_equal(actual, expected):
+  assert jax.tree.structure(actual) == jax.tree.structure(expected)
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    a, e = np.asarray(a), np.asarray(e)
+    assert a.dtype == e.dtype and a.shape == e.shape
+    np.testing.assert_array_equal(a.reshape(-1).view(np.uint8), e.reshape(-1).view(np.uint8))
+
+
+def _step_dirs(model_dir):
+  return sorted(d for d in os.listdir(model_dir) if d.startswith("checkpoint_"))
+
+
+@pytest.fixture
+def make_checkpointer(tmp_path):
+  """Builds Checkpointers under tmp_path and closes them all at the end of the test."""
+  created = []
+
+  def make(model_dir=None, **kwargs):
+    kwargs.setdefault("save_period", 1)
+    kwargs.setdefault("async_save", False)
+    ckpt = checkpoints.Checkpointer(str(model_dir or tmp_path / "run"), **kwargs)
+    created.append(ckpt)
+    return ckpt
+
+  yield make
+  for ckpt in created:
+    ckpt.close()
+
+
+def test_save_restore_round_trip_is_bitwise(make_checkpointer):
+  ckpt = make_checkpointer(save_period=10)
+  state = _make_state(step=10)
+  assert ckpt.save(10, state)
+  assert ckpt.latest_step() == 10
+  restored = ckpt.restore(_abstract(state, _single_device))
+  assert isinstance(restored, TrainState)
+  _assert_trees_bitwise_equal(restored, state)
+  assert isinstance(restored.params["token_embedder"]["embedding"], jax.Array)
+
+
+def test_restore_onto_other_shardings(make_checkpointer, tmp_path):
+  mesh = _mesh()
+  state = _make_state(step=1)  # every array on one device
+  one_device = make_checkpointer(tmp_path / "one_device")
+  one_device.save(1, state)
+  fsdp_target = _abstract(state, lambda s: _fsdp_sharding(s, mesh))
+  sharded = one_device.restore(fsdp_target)
+  _assert_trees_bitwise_equal(sharded, state)
+  embedding = sharded.params["token_embedder"]["embedding"]
+  assert embedding.sharding == jax.sharding.NamedSharding(mesh, P("data"))
+  assert len(embedding.addressable_shards) == 8
+  assert embedding.addressable_shards[0].data.shape == (2, 8)
+
+  # And back: written from the 8-way layout, read onto a single device.
+  eight_way = make_checkpointer(tmp_path / "eight_way")
+  eight_way.save(1, sharded)
+  back = eight_way.restore(_abstract(state, _single_device))
+  _assert_trees_bitwise_equal(back, state)
+  assert back.params["token_embedder"]["embedding"].sharding == _single_device(None)
+
+
+def test_keep_prunes_old_steps_with_their_iterator_state(make_checkpointer, tmp_path):
+  ckpt = make_checkpointer(keep=2)
+  iterator = CountingIterator()
+  state = _make_state()
+  for step in range(1, 5):
+    next(iterator)
+    assert ckpt.save(step, state.replace(step=jnp.int32(step)), data_iterator=iterator)
+  ckpt.wait_until_finished()
+  run = tmp_path / "run"
+  assert _step_dirs(run) == ["checkpoint_3", "checkpoint_4"]
+  for name in ("checkpoint_3", "checkpoint_4"):
+    assert os.listdir(run / name / checkpoints.DATA_ITERATOR_ITEM) == ["iterator-000.json"]
+  assert not [p for p in os.listdir(run) if "train_ds" in p]  # nothing left beside steps
+
+
+def test_should_save_cadence_and_force(make_checkpointer):
+  ckpt = make_checkpointer(save_period=5)
+  assert [s for s in range(1, 13) if ckpt.should_save(s)] == [5, 10]
+  state = _make_state()
+  assert not ckpt.save(7, state)
+  assert ckpt.save(10, state)
+  assert not ckpt.should_save(10)  # already written
+  assert ckpt.save(12, state, force=True)  # e.g. end of training or SIGTERM
+  assert not ckpt.save(12, state, force=True)  # never the same step twice
+  assert ckpt.all_steps() == [10, 12]
+
+
+def test_forced_saves_only_when_no_period(make_checkpointer):
+  ckpt = make_checkpointer(save_period=None)
+  assert not any(ckpt.should_save(s) for s in range(1, 20))
+  assert ckpt.save(3, _make_state(), force=True)
+
+
+def test_async_save_then_wait(make_checkpointer):
+  ckpt = make_checkpointer(async_save=True)
+  state = _make_state(step=2, seed=1)
+  expected = jax.device_get(state)
+  assert ckpt.save(2, state)
+  # Training may overwrite its buffers right away; the save already has its copy.
+  del state
+  ckpt.wait_until_finished()
+  assert ckpt.latest_step() == 2
+  restored = ckpt.restore(_abstract(expected, _single_device))
+  _assert_trees_bitwise_equal(restored, expected)
+
+
+def test_latest_step_ignores_unfinished_checkpoints(make_checkpointer, tmp_path):
+  run = tmp_path / "run"
+  (run / "checkpoint_9.orbax-checkpoint-tmp-123").mkdir(parents=True)
+  ckpt = make_checkpointer()
+  assert ckpt.latest_step() is None
+
+
+def test_data_iterator_and_specific_step(make_checkpointer):
+  ckpt = make_checkpointer()
+  iterator = CountingIterator()
+  for _ in range(3):
+    next(iterator)
+  state3 = _make_state(step=3, seed=3)
+  ckpt.save(3, state3, data_iterator=iterator)
+  for _ in range(4):
+    next(iterator)
+  state6 = _make_state(step=6, seed=6)
+  ckpt.save(6, state6, data_iterator=iterator)
+
+  fresh = CountingIterator()
+  restored = ckpt.restore(_abstract(state3, _single_device), data_iterator=fresh)
+  _assert_trees_bitwise_equal(restored, state6)
+  assert fresh.position == 7
+
+  restored = ckpt.restore(_abstract(state3, _single_device), step=3, data_iterator=fresh)
+  _assert_trees_bitwise_equal(restored, state3)
+  assert fresh.position == 3
+  assert next(fresh) == {"position": 4}
+
+
+def test_restore_in_a_new_process_view(make_checkpointer, tmp_path):
+  """A Checkpointer created later on the same directory (a restarted job) resumes."""
+  state = _make_state(step=4)
+  iterator = CountingIterator()
+  iterator.position = 11
+  make_checkpointer().save(4, state, data_iterator=iterator)
+  resumed = make_checkpointer()
+  assert resumed.latest_step() == 4
+  fresh = CountingIterator()
+  _assert_trees_bitwise_equal(
+      resumed.restore(_abstract(state, _single_device), data_iterator=fresh), state)
+  assert fresh.position == 11
+
+
+def test_load_params_reads_only_params(make_checkpointer, tmp_path):
+  mesh = _mesh()
+  ckpt = make_checkpointer()
+  ckpt.save(5, _make_state(step=5, seed=5))
+  newest = _make_state(step=8, seed=8)
+  ckpt.save(8, newest)
+  ckpt.wait_until_finished()
+  abstract_params = _abstract(newest.params, lambda s: _fsdp_sharding(s, mesh))
+
+  from_model_dir = checkpoints.load_params(str(tmp_path / "run"), abstract_params)
+  _assert_trees_bitwise_equal(from_model_dir, newest.params)
+  kernel = from_model_dir["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
+  assert kernel.sharding == jax.sharding.NamedSharding(mesh, P("data"))
+
+  from_step_dir = checkpoints.load_params(str(tmp_path / "run" / "checkpoint_5"),
+                                          abstract_params)
+  _assert_trees_bitwise_equal(from_step_dir, _make_state(step=5, seed=5).params)
+
+
+def test_empty_dir_errors(make_checkpointer, tmp_path):
+  ckpt = make_checkpointer()
+  assert ckpt.latest_step() is None
+  with pytest.raises(FileNotFoundError, match="No finished checkpoint found"):
+    ckpt.restore(_abstract(_make_state(), _single_device))
+  with pytest.raises(FileNotFoundError, match="Found no checkpoint"):
+    checkpoints.load_params(str(tmp_path / "run"), _make_params())
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    checkpoints.load_params(str(tmp_path / "nowhere"), _make_params())
+
+
+def test_restore_unknown_step_lists_available(make_checkpointer):
+  ckpt = make_checkpointer()
+  state = _make_state()
+  ckpt.save(2, state)
+  with pytest.raises(FileNotFoundError, match=r"step 7 .*available steps: \[2\]"):
+    ckpt.restore(_abstract(state, _single_device), step=7)
+
+
+def test_mismatched_trees_name_every_problem(make_checkpointer, tmp_path):
+  ckpt = make_checkpointer()
+  state = _make_state()
+  ckpt.save(1, state)
+
+  params = dict(_make_params())
+  del params["decoder"]  # missing from the model -> unexpected in checkpoint
+  params["extra"] = {"kernel": jnp.zeros((2, 2))}  # not in the checkpoint
+  params["token_embedder"] = {"embedding": jnp.zeros((32, 8))}  # other vocab size
+  with pytest.raises(ValueError) as err:
+    checkpoints.load_params(str(tmp_path / "run"), params)
+  message = str(err.value)
+  assert "missing from checkpoint: extra/kernel" in message
+  assert "unexpected in checkpoint: decoder/decoder_norm/scale" in message
+  assert "wrong shape: token_embedder/embedding: checkpoint has (16, 8), expected (32, 8)" in message
+
+  other_optimizer = state.replace(opt_state=optax.sgd(0.1, momentum=0.9).init(state.params))
+  with pytest.raises(ValueError) as err:
+    ckpt.restore(_abstract(other_optimizer, _single_device))
+  message = str(err.value)
+  assert "missing from checkpoint: opt_state/0/trace/token_embedder/embedding" in message
+  assert "unexpected in checkpoint: opt_state/0/v_row/" in message
