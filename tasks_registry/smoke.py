@@ -95,21 +95,21 @@ def _short_word(rng: np.random.Generator) -> str:
 # Cluster "string_edit".
 
 
-def reverse_word(rng):
+def reverse_word(rng: np.random.Generator) -> Example:
   word = _short_word(rng)
   template = _pick(rng, ("Reverse the letters of this word: {}",
                          "Write the word '{}' backwards."))
   return Example(template.format(word), word[::-1])
 
 
-def uppercase_word(rng):
+def uppercase_word(rng: np.random.Generator) -> Example:
   word = _short_word(rng)
   template = _pick(rng, ("Write this word in capital letters: {}",
                          "Convert '{}' to upper case."))
   return Example(template.format(word), word.upper())
 
 
-def repeat_word(rng):
+def repeat_word(rng: np.random.Generator) -> Example:
   word = _short_word(rng)
   template = _pick(rng, ("Say this word two times: {}",
                          "Repeat '{}' twice, separated by a space."))
@@ -120,20 +120,20 @@ def repeat_word(rng):
 # Cluster "arithmetic".
 
 
-def add_digits(rng):
+def add_digits(rng: np.random.Generator) -> Example:
   a, b = (int(x) for x in rng.integers(0, 10, size=2))
   template = _pick(rng, ("What is {} + {}?", "Add {} and {}. Answer with a number."))
   return Example(template.format(a, b), str(a + b))
 
 
-def successor(rng):
+def successor(rng: np.random.Generator) -> Example:
   n = int(rng.integers(0, 999))
   template = _pick(rng, ("Which number comes right after {}?",
                          "Count one step up from {}."))
   return Example(template.format(n), str(n + 1))
 
 
-def sum_choice(rng):
+def sum_choice(rng: np.random.Generator) -> Example:
   a, b = (int(x) for x in rng.integers(0, 10, size=2))
   wrong = a + b + int(rng.choice((-2, -1, 1, 2)))
   wrong = wrong if wrong >= 0 else a + b + 3
@@ -148,7 +148,7 @@ def sum_choice(rng):
 # Cluster "classification".
 
 
-def parity(rng):
+def parity(rng: np.random.Generator) -> Example:
   n = int(rng.integers(0, 100))
   options = ("even", "odd")
   template = _pick(rng, ("Is {} an even or an odd number?", "Number: {}. Even or odd?"))
@@ -156,7 +156,7 @@ def parity(rng):
                  options[n % 2], options)
 
 
-def sentiment_word(rng):
+def sentiment_word(rng: np.random.Generator) -> Example:
   positive = rng.random() < 0.5
   word = _pick(rng, _POSITIVE_WORDS if positive else _NEGATIVE_WORDS)
   sentence = _pick(rng, _SENTENCE_FRAMES).format(word)
@@ -166,7 +166,7 @@ def sentiment_word(rng):
                  options[0] if positive else options[1], options)
 
 
-def larger_number(rng):
+def larger_number(rng: np.random.Generator) -> Example:
   a, b = (int(x) for x in rng.choice(100, size=2, replace=False))
   options = (str(a), str(b))
   template = _pick(rng, ("Which is larger, {} or {}?", "Bigger of {} and {}?"))

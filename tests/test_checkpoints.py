@@ -1,6 +1,9 @@
 """Tests for instruct_jax.train.checkpoints on 8 fake CPU devices, with tiny arrays."""
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -156,8 +159,10 @@ def test_keep_prunes_old_steps_with_their_iterator_state(make_checkpointer, tmp_
   ckpt.wait_until_finished()
   run = tmp_path / "run"
   assert _step_dirs(run) == ["checkpoint_3", "checkpoint_4"]
-  for name in ("checkpoint_3", "checkpoint_4"):
-    assert os.listdir(run / name / checkpoints.DATA_ITERATOR_ITEM) == ["iterator-000.json"]
+  for step in (3, 4):
+    saved = CountingIterator()
+    saved.restore(str(run / f"checkpoint_{step}" / checkpoints.DATA_ITERATOR_ITEM))
+    assert saved.position == step
   assert not [p for p in os.listdir(run) if "train_ds" in p]  # nothing left beside steps
 
 
@@ -183,13 +188,19 @@ def test_async_save_then_wait(make_checkpointer):
   ckpt = make_checkpointer(async_save=True)
   state = _make_state(step=2, seed=1)
   expected = jax.device_get(state)
-  assert ckpt.save(2, state)
-  # Training may overwrite its buffers right away; the save already has its copy.
+  iterator = CountingIterator()
+  next(iterator), next(iterator)
+  assert ckpt.save(2, state, data_iterator=iterator)
+  # Training goes on while the files are written: the iterator moves and the state's
+  # buffers may be reused; the checkpoint still holds step 2's values and position.
   del state
+  next(iterator)
   ckpt.wait_until_finished()
   assert ckpt.latest_step() == 2
-  restored = ckpt.restore(_abstract(expected, _single_device))
+  fresh = CountingIterator()
+  restored = ckpt.restore(_abstract(expected, _single_device), data_iterator=fresh)
   _assert_trees_bitwise_equal(restored, expected)
+  assert fresh.position == 2
 
 
 def test_latest_step_ignores_unfinished_checkpoints(make_checkpointer, tmp_path):
@@ -288,7 +299,8 @@ def test_mismatched_trees_name_every_problem(make_checkpointer, tmp_path):
   message = str(err.value)
   assert "missing from checkpoint: extra/kernel" in message
   assert "unexpected in checkpoint: decoder/decoder_norm/scale" in message
-  assert "wrong shape: token_embedder/embedding: checkpoint has (16, 8), expected (32, 8)" in message
+  assert ("wrong shape: token_embedder/embedding: checkpoint has (16, 8), expected (32, 8)"
+          in message)
 
   other_optimizer = state.replace(opt_state=optax.sgd(0.1, momentum=0.9).init(state.params))
   with pytest.raises(ValueError) as err:
@@ -296,3 +308,82 @@ def test_mismatched_trees_name_every_problem(make_checkpointer, tmp_path):
   message = str(err.value)
   assert "missing from checkpoint: opt_state/0/trace/token_embedder/embedding" in message
   assert "unexpected in checkpoint: opt_state/0/v_row/" in message
+
+
+_TWO_PROCESS_WORKER = r'''
+import json, os, sys
+process_id, port, model_dir, repo = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+sys.path.insert(0, repo)
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+import numpy as np
+from instruct_jax.train import checkpoints
+from instruct_jax.train.state import TrainState
+
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))  # 2 processes x 2 devices
+P = jax.sharding.PartitionSpec
+def sharding(shape):
+  return jax.sharding.NamedSharding(mesh, P("data") if shape and shape[0] % 4 == 0 else P())
+def global_array(x):
+  return jax.make_array_from_callback(x.shape, sharding(x.shape), lambda idx: x[idx])
+
+class Iterator:
+  def __init__(self, position):
+    self.position = position
+  def _file(self, directory):
+    return os.path.join(directory, f"it-{jax.process_index()}.json")
+  def save(self, directory):
+    with open(self._file(directory), "w") as f:
+      json.dump(self.position, f)
+  def restore(self, directory):
+    with open(self._file(directory)) as f:
+      self.position = json.load(f)
+
+params = {"emb": np.arange(64, dtype=np.float32).reshape(16, 4), "b": np.ones(3, np.float32)}
+ckpt = checkpoints.Checkpointer(model_dir, save_period=5, keep=1, async_save=True)
+for step in (5, 10):
+  state = TrainState(step=global_array(np.int32(step)),
+                     params=jax.tree.map(lambda p: global_array(p * step), params), opt_state=())
+  assert ckpt.save(step, state, data_iterator=Iterator(100 * step + process_id))
+ckpt.wait_until_finished()
+abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x.shape)), state)
+iterator = Iterator(0)
+restored = ckpt.restore(abstract, data_iterator=iterator)
+assert iterator.position == 1000 + process_id, iterator.position
+for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+  for got_shard, want_shard in zip(got.addressable_shards, want.addressable_shards):
+    np.testing.assert_array_equal(np.asarray(got_shard.data), np.asarray(want_shard.data))
+loaded = checkpoints.load_params(model_dir, abstract.params)
+np.testing.assert_array_equal(
+    np.asarray(loaded["emb"].addressable_shards[0].data),
+    np.asarray(state.params["emb"].addressable_shards[0].data))
+ckpt.close()
+print("WORKER_OK", process_id)
+jax.distributed.shutdown()
+'''
+
+
+def test_two_processes_save_and_restore(tmp_path):
+  """Multi-host: both processes call save/restore; each keeps its own iterator file."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = str(s.getsockname()[1])
+  worker = tmp_path / "worker.py"
+  worker.write_text(_TWO_PROCESS_WORKER)
+  model_dir = tmp_path / "run"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  procs = [
+      subprocess.Popen([sys.executable, str(worker), str(i), port, str(model_dir), repo],
+                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, (proc, out) in enumerate(zip(procs, outputs)):
+    assert proc.returncode == 0 and f"WORKER_OK {i}" in out, out[-3000:]
+  assert _step_dirs(model_dir) == ["checkpoint_10"]
+  assert {"it-0.json", "it-1.json"} <= set(
+      os.listdir(model_dir / "checkpoint_10" / checkpoints.DATA_ITERATOR_ITEM))

@@ -1,4 +1,4 @@
-"""Tests for instruct_jax.train.losses (values checked by hand on tiny cases)."""
+"""Tests for instruct_jax.train.losses, with values checked by hand."""
 
 import math
 

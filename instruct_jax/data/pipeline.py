@@ -23,6 +23,10 @@ import seqio
 import tensorflow as tf
 
 
+class UnknownTaskError(ValueError):
+  """The requested seqio Task/Mixture name is not registered."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
   """What to read; field names match t5x's `utils.DatasetConfig`.
@@ -59,7 +63,7 @@ def get_task_or_mixture(name: str, module: str | None = None) -> seqio.Task | se
   close = difflib.get_close_matches(name, sorted(tasks | mixtures), n=5, cutoff=0.6)
   suggestion = (f"Closest registered names: {', '.join(close)}." if close
                 else "No registered name is close to it.")
-  raise ValueError(
+  raise UnknownTaskError(
       f"No seqio Task or Mixture named {name!r} is registered "
       f"({len(tasks)} tasks and {len(mixtures)} mixtures are). {suggestion} "
       "If the name is right, the module that registers it has not been imported: "
@@ -91,7 +95,8 @@ def get_dataset(cfg: DatasetConfig, shard_id: int, num_shards: int,
   """This host's batches of model features, [global_batch // num_shards, length].
 
   `repeat=True` cycles the split forever (training); otherwise the split is read
-  once. Partial batches are dropped either way so shapes stay static; use
+  once (for a Mixture, seqio's sampling stops when its first task runs out).
+  Partial batches are dropped either way so shapes stay static; use
   `eval_batches` to cover a finite split exactly once.
   """
   _check_packing(cfg, feature_converter)

@@ -56,12 +56,14 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 @ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
 @dataclasses.dataclass
 class DataIteratorSave(ocp.args.CheckpointArgs):
+  """orbax args: save this iterator's position (it needs save(directory))."""
   iterator: Any
 
 
 @ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
 @dataclasses.dataclass
 class DataIteratorRestore(ocp.args.CheckpointArgs):
+  """orbax args: move this iterator back to the saved position (restore(directory))."""
   iterator: Any
 
 
@@ -98,7 +100,11 @@ def _tree_mismatches(expected: Any, found: Any) -> list[str]:
 
 def _saved_tree(item_dir: epath.Path) -> Any:
   """The nested structure (with shapes) of a saved PyTree item, read from metadata only."""
-  return ocp.PyTreeCheckpointHandler().metadata(item_dir).tree
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    return handler.metadata(item_dir).tree
+  finally:
+    handler.close()
 
 
 def _with_target_shardings(abstract_tree: Any) -> Any:
@@ -136,7 +142,9 @@ class Checkpointer:
 
   def __init__(self, model_dir: str, save_period: Optional[int], keep: Optional[int] = None,
                async_save: bool = True):
-    """Args:
+    """Sets up the orbax manager; reads which steps already exist in `model_dir`.
+
+    Args:
       model_dir: run directory (local path or gs://); checkpoints go to
         model_dir/checkpoint_<step>.
       save_period: save when step % save_period == 0. None or 0: only forced saves
@@ -165,7 +173,16 @@ class Checkpointer:
         save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
         preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
     )
-    self._manager = ocp.CheckpointManager(self.model_dir, options=options)
+    # The two items of every step, declared up front (orbax's recommended way).
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state_handler = ocp.StandardCheckpointHandler()
+    registry.add(STATE_ITEM, ocp.args.StandardSave, state_handler)
+    registry.add(STATE_ITEM, ocp.args.StandardRestore, state_handler)
+    iterator_handler = DataIteratorHandler()
+    registry.add(DATA_ITERATOR_ITEM, DataIteratorSave, iterator_handler)
+    registry.add(DATA_ITERATOR_ITEM, DataIteratorRestore, iterator_handler)
+    self._manager = ocp.CheckpointManager(
+        self.model_dir, options=options, handler_registry=registry)
     self._name_format = ocp.path.step.standard_name_format(step_prefix=STEP_PREFIX)
     self._step_in_flight = None
 
@@ -332,13 +349,15 @@ def _load_params_from_train_state(state_dir: epath.Path, abstract_params: Any) -
         + "\n".join(problems) + "\nCheck that the model gin config (sizes, "
         "logits_via_embedding, number of layers) matches the checkpoint's model.")
   target = {"params": _with_target_shardings(abstract_params)}
-  restored = ocp.PyTreeCheckpointer().restore(
-      state_dir,
-      args=ocp.args.PyTreeRestore(
-          item=target,
-          restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-          partial_restore=True,
-      ),
-  )
+  # partial_restore: read the params subtree only; opt_state and step stay on disk.
+  with ocp.PyTreeCheckpointer() as reader:
+    restored = reader.restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(
+            item=target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        ),
+    )
   logging.info("Loaded params from %s.", state_dir)
   return restored["params"]

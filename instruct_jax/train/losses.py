@@ -1,10 +1,10 @@
-"""Token-level losses: cross-entropy with z-loss / label smoothing, and distillation KL.
+"""Token losses: cross-entropy with z-loss / label smoothing; distillation KL.
 
 The semantics follow t5x so that hyperparameters (Z_LOSS, LABEL_SMOOTHING,
 LOSS_NORMALIZING_FACTOR) carry over unchanged from t5x gin files:
 
-* z-loss adds `z_loss * log(Z)^2` per token (Z = softmax normaliser), which keeps
-  the logits from drifting and is what made bf16 T5 training stable.
+* z-loss adds `z_loss * log(Z)^2` per token (Z = softmax normaliser), which
+  keeps the logits from drifting and is what made bf16 T5 training stable.
 * Label smoothing puts `1 - ls` on the target and `ls / (V - 1)` on every other
   token, then subtracts the entropy of that soft target so a perfect model still
   reports a loss of 0 (the number stays comparable across smoothing settings).
@@ -48,9 +48,9 @@ def _special_factor_name(loss_normalizing_factor: Any) -> str | None:
   canonical = name.strip().upper()
   if canonical not in SPECIAL_LOSS_NORMALIZING_FACTORS:
     raise ValueError(
-        f"Unknown loss_normalizing_factor {loss_normalizing_factor!r}. Expected "
-        "None (sum of the per-token losses), a number (constant divisor) or "
-        f"one of {', '.join(SPECIAL_LOSS_NORMALIZING_FACTORS)} "
+        f"Unknown loss_normalizing_factor {loss_normalizing_factor!r}. "
+        "Expected None (sum of the per-token losses), a number (constant "
+        f"divisor) or one of {', '.join(SPECIAL_LOSS_NORMALIZING_FACTORS)} "
         "(case-insensitive). Fix the LOSS_NORMALIZING_FACTOR gin binding.")
   return canonical
 
@@ -160,8 +160,8 @@ def weighted_cross_entropy(
     raise TypeError(
         f"weighted_cross_entropy got loss_normalizing_factor="
         f"{loss_normalizing_factor!r}, expected None or a number. Resolve "
-        "special factors first with loss_normalizing_factor_and_weights(factor, "
-        "batch) and pass the returned factor and weights.")
+        "special factors first with loss_normalizing_factor_and_weights("
+        "factor, batch) and pass the returned factor and weights.")
   if logits.ndim != targets.ndim + 1 or logits.shape[:-1] != targets.shape:
     raise ValueError(
         f"logits shape {logits.shape} does not match targets shape "

@@ -3,43 +3,36 @@
 `adafactor` reproduces t5x's Adafactor update rule (the one every released T5 /
 Flan-T5 checkpoint was trained with) as a chain of optax transformations:
 
-  t5x hyperparameter              optax piece
-  ------------------------------  ---------------------------------------------
-  decay_rate (0.8), step_offset   scale_by_factored_rms(decay_rate, step_offset):
-                                    beta2_t = 1 - (t - step_offset + 1)^-0.8,
-                                    t = number of updates already applied
-  epsilon1 (1e-30)                scale_by_factored_rms(epsilon=...) added to g^2
-  factored, min_dim_size_to_factor  scale_by_factored_rms: row/col statistics for
-                                    the two largest dims when both are >= 128
-  clipping_threshold (1.0)        clip_by_block_rms: update / max(1, RMS(update))
-  learning_rate                   scale_by_learning_rate (schedule or float)
-  multiply_by_parameter_scale,    scale_by_param_block_rms(min_scale=epsilon2):
-    epsilon2 (1e-3)                 step *= max(RMS(param), epsilon2)
-  momentum (None = off)           ema(momentum, debias=False)  (t5x beta1)
-  weight_decay_rate               add_decayed_weights: param * (1 - rate), not
-                                    multiplied by the learning rate (as t5x)
+  t5x hyperparameter        optax piece
+  ------------------------  -----------------------------------------------
+  decay_rate (0.8),         scale_by_factored_rms(decay_rate, step_offset):
+    step_offset               beta2_t = 1 - (t - step_offset + 1)^-0.8,
+                              t = number of updates already applied
+  epsilon1 (1e-30)          scale_by_factored_rms(epsilon=...), added to g^2
+  factored,                 scale_by_factored_rms: row/col statistics over
+    min_dim_size_to_factor    the two largest dims when both are >= 128
+  clipping_threshold (1.0)  clip_by_block_rms: u / max(1, RMS(u) / threshold)
+  learning_rate             scale_by_learning_rate (schedule or float)
+  multiply_by_parameter_    scale_by_param_block_rms(min_scale=epsilon2):
+    scale, epsilon2 (1e-3)    step *= max(RMS(param), epsilon2)
+  momentum (None = off)     ema(momentum, debias=False)  (t5x's beta1)
+  weight_decay_rate         add_decayed_weights: param * (1 - rate), not
+                              multiplied by the learning rate (as in t5x)
 
-The transformations are combined with `optax.named_chain`, so the optimizer
-state is a dict keyed by the names below and the second-moment statistics live
-in `opt_state["factored_rms"]` as an `optax.FactoredState` with fields
-`v_row`, `v_col`, `v` — the same names and shapes as t5x's Adafactor state,
-which lets checkpoint conversion carry them over leaf by leaf.
+The chain has the same order as `optax.adafactor`, so the optimizer state has
+the same tree as optax.adafactor's for the same options: a tuple whose first
+entry is an `optax.FactoredState` with fields `v_row`, `v_col`, `v` (and
+`count`). Those are t5x's Adafactor state names and shapes, which lets
+checkpoint conversion carry them over leaf by leaf; `factored_state(opt_state)`
+finds them without relying on the tuple position.
 """
 
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
-
-# Names of the adafactor chain's entries (keys of its state dict).
-FACTORED_RMS = "factored_rms"
-CLIP_BY_BLOCK_RMS = "clip_by_block_rms"
-LEARNING_RATE = "learning_rate"
-PARAMETER_SCALE = "parameter_scale"
-MOMENTUM = "momentum"
-WEIGHT_DECAY = "weight_decay"
-DESCENT = "descent"
 
 SCHEDULE_NAMES = ("constant", "rsqrt_decay", "linear", "cosine")
 
@@ -47,9 +40,9 @@ SCHEDULE_NAMES = ("constant", "rsqrt_decay", "linear", "cosine")
 def _second_moment_decay(step: Any, exponent: Any) -> Any:
   """t5x's beta2 schedule 1 - (step + 1)^-exponent, step already offset.
 
-  Steps before `step_offset` are clamped to 0 (beta2 = 0, i.e. the statistics
-  restart) instead of giving NaN from a negative base, which is what t5x and
-  optax's default would produce there.
+  Steps before `step_offset` are clamped to 0 (beta2 = 0: the statistics are
+  just the latest squared gradient). Unclamped, as in t5x and optax's default,
+  those steps raise a non-positive base to a negative power: inf or NaN.
   """
   t = jnp.maximum(jnp.asarray(step, jnp.float32), 0.0) + 1.0
   return 1.0 - t ** (-exponent)
@@ -88,42 +81,61 @@ def adafactor(
     weight_decay_rate: decoupled decay applied as param * (1 - rate).
 
   Returns:
-    An optax GradientTransformation whose state is a dict keyed by the chain
-    entry names (FACTORED_RMS, ...).
+    An optax GradientTransformation; its state is structured exactly like
+    `optax.adafactor`'s (a tuple led by the FactoredState).
   """
-  if clipping_threshold is not None and clipping_threshold < 1.0:
+  if clipping_threshold is not None and not clipping_threshold > 0:
     raise ValueError(
-        f"clipping_threshold must be >= 1.0 or None, got {clipping_threshold}. "
-        "t5x uses 1.0; pass None to disable update clipping.")
+        f"clipping_threshold must be positive or None, got "
+        f"{clipping_threshold}. t5x uses 1.0; pass None to disable update "
+        "clipping.")
   if momentum is not None and not 0.0 <= momentum < 1.0:
     raise ValueError(
         f"momentum must be None or in [0, 1), got {momentum}. It is t5x's "
         "beta1; leave it None for the memory-light default.")
 
-  chain: list[tuple[str, optax.GradientTransformation]] = [
-      (FACTORED_RMS, optax.scale_by_factored_rms(
+  chain = [
+      optax.scale_by_factored_rms(
           factored=factored,
           decay_rate=decay_rate,
           step_offset=step_offset,
           min_dim_size_to_factor=min_dim_size_to_factor,
           epsilon=epsilon1,
-          decay_rate_fn=_second_moment_decay)),
+          decay_rate_fn=_second_moment_decay),
   ]
   if clipping_threshold is not None:
-    chain.append((CLIP_BY_BLOCK_RMS, optax.clip_by_block_rms(
-        clipping_threshold)))
-  chain.append((LEARNING_RATE, optax.scale_by_learning_rate(
-      learning_rate, flip_sign=False)))
+    chain.append(optax.clip_by_block_rms(clipping_threshold))
+  chain.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
   if multiply_by_parameter_scale:
-    chain.append((PARAMETER_SCALE, optax.scale_by_param_block_rms(
-        min_scale=epsilon2)))
+    chain.append(optax.scale_by_param_block_rms(min_scale=epsilon2))
   if momentum is not None:
-    chain.append((MOMENTUM, optax.ema(
-        momentum, debias=False, accumulator_dtype=jnp.float32)))
+    chain.append(optax.ema(
+        momentum, debias=False, accumulator_dtype=jnp.float32))
   if weight_decay_rate is not None:
-    chain.append((WEIGHT_DECAY, optax.add_decayed_weights(weight_decay_rate)))
-  chain.append((DESCENT, optax.scale(-1.0)))
-  return optax.named_chain(*chain)
+    chain.append(optax.add_decayed_weights(weight_decay_rate))
+  # Gradient descent: step against the normalised gradient.
+  chain.append(optax.scale(-1.0))
+  return optax.chain(*chain)
+
+
+def factored_state(opt_state: Any) -> optax.FactoredState:
+  """The Adafactor second-moment statistics (v_row / v_col / v) in opt_state.
+
+  Works for any optax state that contains exactly one FactoredState (e.g.
+  wrapped by MultiSteps or inject_hyperparams), so checkpoint conversion does
+  not depend on the position of the statistics in the chain.
+  """
+  found = [
+      node for node in jax.tree.leaves(
+          opt_state,
+          is_leaf=lambda x: isinstance(x, optax.FactoredState))
+      if isinstance(node, optax.FactoredState)]
+  if len(found) != 1:
+    raise ValueError(
+        f"Expected exactly one optax.FactoredState in the optimizer state, "
+        f"found {len(found)}. Is the optimizer Adafactor (optimizers.adafactor "
+        "or optax.adafactor)?")
+  return found[0]
 
 
 def adamw(
@@ -144,7 +156,8 @@ def adamw(
       mask=weight_decay_mask)
 
 
-def _rsqrt_decay(base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
+def _rsqrt_decay(
+    base_learning_rate: float, warmup_steps: int) -> optax.Schedule:
   """t5x's `constant * rsqrt_decay`: flat at base/sqrt(warmup), then 1/sqrt(t).
 
   The floor of 1 on the denominator avoids dividing by zero at step 0 when

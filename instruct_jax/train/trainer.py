@@ -260,7 +260,8 @@ def run_train_eval(trainer: Trainer, params: Any, dataset_cfg: pipeline.DatasetC
     cfg = dataclasses.replace(dataset_cfg, mixture_or_task_name=task.name)
     total = None
     for batch in pipeline.eval_batches(cfg, jax.process_index(), jax.process_count(),
-                                       feature_converter, trainer.partitioner.batch_sharding):
+                                       feature_converter, trainer.partitioner.batch_sharding,
+                                       global_batch_size=cfg.batch_size):
       metrics = trainer.eval_step(params, batch)
       total = metrics if total is None else jax.tree.map(jnp.add, total, metrics)
     if total is None:
@@ -308,7 +309,8 @@ def train(*,
 
   dataset = pipeline.get_dataset(train_dataset_cfg, jax.process_index(), jax.process_count(),
                                  feature_converter)
-  data_iterator = pipeline.GlobalBatchIterator(dataset, partitioner.batch_sharding)
+  data_iterator = pipeline.GlobalBatchIterator(dataset, partitioner.batch_sharding,
+                                               global_batch_size=train_dataset_cfg.batch_size)
   checkpointer = checkpoints.Checkpointer(model_dir, checkpoint_cfg.save_period,
                                           keep=checkpoint_cfg.keep,
                                           async_save=checkpoint_cfg.async_save)

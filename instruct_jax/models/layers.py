@@ -1,0 +1,379 @@
+"""Transformer building blocks with t5x parameter names, shapes and initialisers.
+
+Every parameter is created through `nn.with_logical_partitioning`, so the
+partitioner can map logical axes (embed, mlp, heads, joined_kv, vocab,
+relpos_buckets) onto the device mesh, and key activations carry
+`nn.with_logical_constraint` annotations (no-ops outside a mesh/rules scope).
+
+Parameters are stored in float32; `dtype` is the activation / compute dtype.
+Kernels are stored 2-D exactly as t5x stores them (e.g. a query kernel is
+[embed, heads * head_dim]) and reshaped when used, so released t5x checkpoints
+load without any renaming or reshaping.
+"""
+
+import functools
+import math
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# t5x initialisers (facts about the released models' training setup).
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+relpos_embedding_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+token_embedding_init = nn.initializers.normal(stddev=1.0)
+
+# Large negative logit for masked attention positions; finite so that fully
+# masked rows (padding queries) give a uniform softmax instead of NaNs.
+_MASKED_LOGIT = -1e10
+
+REMAT_POLICIES = ("none", "full", "minimal")
+
+
+def _as_tuple(x: Union[int, Sequence[int]]) -> tuple[int, ...]:
+  return tuple(x) if isinstance(x, Sequence) else (x,)
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction or bias, computed in float32."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, jnp.float32)
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), jnp.float32)
+    mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    y = x * jax.lax.rsqrt(mean_square + self.epsilon) * scale
+    return y.astype(self.dtype)
+
+
+class DenseGeneral(nn.Module):
+  """Linear map over trailing axes with a 2-D stored kernel [prod(in), prod(out)].
+
+  t5x keeps every kernel 2-D in its checkpoints (e.g. attention out is
+  [heads * head_dim, embed]); the kernel is reshaped to
+  `in_dims + features` only for the contraction.
+  """
+  features: Union[int, Sequence[int]]
+  kernel_axes: tuple[str, str]
+  axis: Union[int, Sequence[int]] = -1
+  dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    features = _as_tuple(self.features)
+    axis = tuple(a % inputs.ndim for a in _as_tuple(self.axis))
+    if axis != tuple(range(inputs.ndim - len(axis), inputs.ndim)):
+      raise ValueError(f"DenseGeneral contracts trailing axes only; got axis={self.axis} "
+                       f"for inputs of rank {inputs.ndim}.")
+    in_dims = tuple(inputs.shape[a] for a in axis)
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+                        (math.prod(in_dims), math.prod(features)), jnp.float32)
+    kernel = jnp.asarray(kernel, self.dtype).reshape(in_dims + features)
+    inputs = jnp.asarray(inputs, self.dtype)
+    contracting = (axis, tuple(range(len(axis))))
+    return jax.lax.dot_general(inputs, kernel, (contracting, ((), ())))
+
+
+class Embed(nn.Module):
+  """Token embedding table [vocab, embed]; `attend` gives tied output logits."""
+  num_embeddings: int
+  features: int
+  dtype: Dtype = jnp.float32
+  attend_dtype: Dtype = jnp.float32
+  embedding_init: Initializer = token_embedding_init
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+        (self.num_embeddings, self.features), jnp.float32)
+
+  def __call__(self, inputs: Array) -> Array:
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError(f"Embed expects integer token ids, got dtype {inputs.dtype}; "
+                       "cast the token array with .astype(jnp.int32).")
+    embedded = jnp.take(jnp.asarray(self.embedding, self.dtype), inputs, axis=0)
+    return nn.with_logical_constraint(embedded, ("batch", "length", "embed"))
+
+  def attend(self, query: Array) -> Array:
+    """Logits against the embedding table: query [..., embed] -> [..., vocab]."""
+    embedding = jnp.asarray(self.embedding, self.attend_dtype)
+    return jnp.dot(jnp.asarray(query, self.attend_dtype), embedding.T)
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+  if name == "linear":
+    return lambda x: x
+  fn = getattr(nn, name, None)
+  if not callable(fn):
+    raise ValueError(f"Unknown MLP activation {name!r}; expected 'linear' or the name of a "
+                     "flax.linen activation such as 'gelu', 'relu' or 'silu'.")
+  return fn
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward block; several activations multiply together (gated, e.g. GeGLU).
+
+  Names follow t5x: `wi` for one activation, `wi_0`, `wi_1`, ... for several,
+  then `wo`.
+  """
+  intermediate_dim: int
+  activations: Sequence[str] = ("gelu", "linear")
+  intermediate_dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, inputs: Array, deterministic: bool = False) -> Array:
+    hidden = []
+    for i, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      h = DenseGeneral(self.intermediate_dim, ("embed", "mlp"), dtype=self.dtype,
+                       kernel_init=self.kernel_init, name=name)(inputs)
+      hidden.append(_activation(act)(h))
+    x = functools.reduce(operator.mul, hidden)
+    x = nn.Dropout(self.intermediate_dropout_rate, broadcast_dims=(-2,))(
+        x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
+    return DenseGeneral(inputs.shape[-1], ("mlp", "embed"), dtype=self.dtype,
+                        kernel_init=self.kernel_init, name="wo")(x)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> np.ndarray:
+  """T5 bucketing of (memory - query) offsets: exact when near, log-spaced when far.
+
+  Bidirectional buckets spend half the range on each direction; unidirectional
+  ones (decoder) map every future offset to bucket 0.
+  """
+  relative_position = np.asarray(relative_position)
+  bucket = np.zeros_like(relative_position, dtype=np.int32)
+  distance = -relative_position  # > 0 when the key lies before the query.
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (distance < 0).astype(np.int32) * num_buckets
+    distance = np.abs(distance)
+  else:
+    distance = np.maximum(distance, 0)
+  max_exact = num_buckets // 2
+  with np.errstate(divide="ignore"):
+    log_ratio = (np.log(distance.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
+                 np.log(max_distance / max_exact))
+  far_bucket = max_exact + (log_ratio * (num_buckets - max_exact)).astype(np.int32)
+  far_bucket = np.minimum(far_bucket, num_buckets - 1)
+  return bucket + np.where(distance < max_exact, distance, far_bucket).astype(np.int32)
+
+
+class RelativePositionBiases(nn.Module):
+  """Learned per-head attention bias indexed by the bucketed relative position.
+
+  One table per stack, shared by all its layers (t5x `relpos_bias`).
+  """
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 128
+  dtype: Dtype = jnp.float32
+  embedding_init: Initializer = relpos_embedding_init
+
+  @nn.compact
+  def __call__(self, query_length: int, key_length: int, bidirectional: bool) -> Array:
+    """Returns the bias [1, heads, query_length, key_length]."""
+    table = self.param("rel_embedding",
+                       nn.with_logical_partitioning(self.embedding_init,
+                                                    ("heads", "relpos_buckets")),
+                       (self.num_heads, self.num_buckets), jnp.float32)
+    relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
+    buckets = relative_position_bucket(relative, bidirectional, self.num_buckets,
+                                       self.max_distance)
+    bias = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(buckets), axis=1)
+    return bias[None]
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head attention without biases and without logit scaling (T5).
+
+  The 1/sqrt(head_dim) factor lives in the query kernel initialiser instead, as
+  in Mesh TensorFlow / t5x. Logits and softmax are float32.
+
+  Autoregressive cache (decode=True), collection "cache":
+    cached_key, cached_value: [batch, cache_length, heads, head_dim]
+    cache_index: int32 [batch], the next position each example writes.
+  Call patterns with decode=True:
+    * first call, no cache yet: creates a zeroed cache of length
+      `max_decode_length` (or the input length) and attends as usual
+      (outputs are usually discarded, as in t5x);
+    * prefill=True: writes the keys/values of a whole prompt into the cache
+      and sets cache_index = prefill_lengths (per example); attends over the
+      prompt with the given mask;
+    * otherwise: one new token per call at cache_index; attends over cache
+      positions <= cache_index. `bias` must then be the full
+      [1, heads, cache_length, cache_length] table; the current row is taken.
+  The per-example index lets prompts of different lengths share one batch and
+  makes every cache leaf batch-major (easy to expand for beam search).
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  kernel_init: Initializer = attention_kernel_init
+
+  @nn.compact
+  def __call__(self,
+               inputs_q: Array,
+               inputs_kv: Array,
+               mask: Optional[Array] = None,
+               bias: Optional[Array] = None,
+               *,
+               deterministic: bool = False,
+               decode: bool = False,
+               prefill: bool = False,
+               prefill_lengths: Optional[Array] = None,
+               max_decode_length: Optional[int] = None) -> Array:
+    """inputs [batch, q_len | kv_len, embed], mask [batch, 1, q_len, kv_len] -> [batch, q_len, embed]."""
+    depth_scaling = math.sqrt(self.head_dim)
+    base_init = self.kernel_init
+
+    def query_init(*args, **kwargs):
+      return base_init(*args, **kwargs) / depth_scaling
+
+    projection = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
+                                   kernel_axes=("embed", "joined_kv"), dtype=self.dtype)
+    query = projection(kernel_init=query_init, name="query")(inputs_q)
+    key = projection(kernel_init=self.kernel_init, name="key")(inputs_kv)
+    value = projection(kernel_init=self.kernel_init, name="value")(inputs_kv)
+    query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+    key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
+    value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+
+    if decode:
+      key, value, mask, bias = self._use_cache(key, value, mask, bias, prefill,
+                                               prefill_lengths, max_decode_length)
+    if bias is not None and bias.shape[-2:] != (query.shape[1], key.shape[1]):
+      # A table built for the full decode length, used on a shorter sequence:
+      # relative biases depend only on offsets, so the top-left corner is exact.
+      bias = bias[..., :query.shape[1], :key.shape[1]]
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask > 0, logits, _MASKED_LOGIT)
+    weights = jax.nn.softmax(logits, axis=-1)
+    weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+        weights, deterministic=deterministic)
+    x = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    x = nn.with_logical_constraint(x, ("batch", "length", "heads", "kv"))
+    out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1),
+                       dtype=self.dtype, kernel_init=self.kernel_init, name="out")(x)
+    return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+  def _use_cache(self, key, value, mask, bias, prefill, prefill_lengths, max_decode_length):
+    batch, length, heads, head_dim = key.shape
+    is_initialized = self.has_variable("cache", "cached_key")
+    cache_length = max_decode_length or length
+    cached_key = self.variable("cache", "cached_key", jnp.zeros,
+                               (batch, cache_length, heads, head_dim), key.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                 (batch, cache_length, heads, head_dim), value.dtype)
+    cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
+    cache_length = cached_key.value.shape[1]
+
+    if prefill:
+      if length > cache_length:
+        raise ValueError(f"Prefill of {length} tokens does not fit the cache of length "
+                         f"{cache_length}; pass a larger max_decode_length.")
+      cached_key.value = jax.lax.dynamic_update_slice(
+          cached_key.value, key.astype(cached_key.value.dtype), (0, 0, 0, 0))
+      cached_value.value = jax.lax.dynamic_update_slice(
+          cached_value.value, value.astype(cached_value.value.dtype), (0, 0, 0, 0))
+      if prefill_lengths is None:
+        prefill_lengths = jnp.full((batch,), length, jnp.int32)
+      cache_index.value = jnp.asarray(prefill_lengths, jnp.int32)
+      return key, value, mask, bias
+
+    if not is_initialized:
+      return key, value, mask, bias
+
+    if length != 1:
+      raise ValueError(f"Cached decoding takes one new token per call; got {length}. "
+                       "Use prefill=True to fill the cache with a whole prompt.")
+    if cached_key.value.shape[0] != batch:
+      raise ValueError(f"Cache was built for batch {cached_key.value.shape[0]} but the step "
+                       f"has batch {batch}; expand the cache (e.g. for beam search) first.")
+    index = cache_index.value
+    positions = jnp.arange(cache_length, dtype=jnp.int32)
+    write = (positions[None, :] == index[:, None])[:, :, None, None]
+    key = jnp.where(write, key.astype(cached_key.value.dtype), cached_key.value)
+    value = jnp.where(write, value.astype(cached_value.value.dtype), cached_value.value)
+    cached_key.value, cached_value.value = key, value
+    cache_index.value = index + 1
+
+    visible = (positions[None, :] <= index[:, None])[:, None, None, :]
+    mask = nn.combine_masks(mask, visible)
+    if bias is not None:
+      if bias.shape[-2:] != (cache_length, cache_length):
+        raise ValueError(f"Cached decoding needs the relative-position bias for the full cache "
+                         f"({cache_length}x{cache_length}), got {bias.shape[-2:]}; pass "
+                         "max_decode_length equal to the cache length.")
+      # Row `index` of the (shared) bias table for every example: [batch, heads, 1, cache].
+      bias = jnp.take(bias[0], index, axis=1).transpose(1, 0, 2)[:, :, None, :]
+    return key, value, mask, bias
+
+
+def decoder_attention_mask(decoder_target_tokens: Array,
+                           dtype: Dtype = jnp.float32,
+                           decoder_causal_attention: Optional[Array] = None,
+                           decoder_segment_ids: Optional[Array] = None) -> Array:
+  """[batch, 1, len, len] decoder self-attention mask.
+
+  Causal, except that positions marked in `decoder_causal_attention` (the
+  inputs of a prefix LM) see each other bidirectionally; padding comes from
+  target token 0 and packing from segment ids.
+  """
+  causal = nn.make_causal_mask(decoder_target_tokens, dtype=jnp.bool_)
+  if decoder_causal_attention is not None:
+    prefix = nn.make_attention_mask(decoder_causal_attention, decoder_causal_attention,
+                                    jnp.logical_and, dtype=jnp.bool_)
+    causal = jnp.logical_or(causal, prefix)
+  padding = nn.make_attention_mask(decoder_target_tokens > 0, decoder_target_tokens > 0,
+                                   dtype=jnp.bool_)
+  segments = None
+  if decoder_segment_ids is not None:
+    segments = nn.make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal,
+                                      dtype=jnp.bool_)
+  return nn.combine_masks(causal, padding, segments, dtype=dtype)
+
+
+def remat_policy(name: str) -> Optional[Callable[..., bool]]:
+  """jax.checkpoint policy for a remat_policy name ("none" has no policy and no remat)."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"Unknown remat_policy {name!r}; expected one of {REMAT_POLICIES}.")
+  if name == "minimal":
+    # Keep matmul outputs, recompute the cheap elementwise work.
+    return jax.checkpoint_policies.dots_saveable
+  return jax.checkpoint_policies.nothing_saveable if name == "full" else None
+
+
+def maybe_remat(layer_cls: type[nn.Module], policy_name: str,
+                static_argnums: tuple[int, ...]) -> type[nn.Module]:
+  """`layer_cls` wrapped in nn.remat per the policy name; unchanged for "none".
+
+  static_argnums count `self` as 0 (flax convention); they must cover the
+  Python-bool arguments such as `deterministic`.
+  """
+  policy = remat_policy(policy_name)
+  if policy_name == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=policy, static_argnums=static_argnums)

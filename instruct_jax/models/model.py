@@ -1,0 +1,207 @@
+"""What the trainer sees of a model: features, parameter init, loss and scores.
+
+One class per family (encoder-decoder, decoder-only). Both share the loss and
+metrics logic in `_LossMixin`; they differ in the feature converter and in
+which batch features reach the network.
+
+Metrics are float32 SUMS over the batch (microbatches and shards just add):
+  loss            the returned loss (includes z-loss; normalised when a loss
+                  normalising factor is active)
+  z_loss          the z-loss part of `loss`
+  cross_ent_loss  loss - z_loss
+  correct_tokens  argmax hits on weighted target tokens
+  num_tokens      weighted target tokens
+  num_examples    sequences with at least one weighted token (packed segments
+                  count separately)
+"""
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import seqio
+
+from instruct_jax.train import losses
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+
+# Marks "use the model's own loss_normalizing_factor" in loss_fn.
+_MODEL_FACTOR = object()
+
+
+def _num_examples(token_counts: Array, segment_ids: Optional[Array]) -> Array:
+  """Number of sequences (packed segments counted separately) with weighted tokens."""
+  if segment_ids is None:
+    return jnp.sum(jnp.any(token_counts > 0, axis=-1)).astype(jnp.float32)
+  batch, length = segment_ids.shape
+  # One bucket per (row, segment id); segment ids are < length + 1.
+  flat = (jnp.arange(batch)[:, None] * (length + 1) + segment_ids.astype(jnp.int32)).reshape(-1)
+  per_segment = jax.ops.segment_sum(token_counts.reshape(-1), flat,
+                                    num_segments=batch * (length + 1))
+  return jnp.sum(per_segment > 0).astype(jnp.float32)
+
+
+class _LossMixin:
+  """Loss, metrics and scoring shared by both model families."""
+
+  module: nn.Module
+  z_loss: float
+  label_smoothing: float
+  loss_normalizing_factor: Any
+
+  def _logits(self, params: Any, batch: Batch, dropout_rng: Optional[Array]) -> Array:
+    raise NotImplementedError
+
+  def loss_fn(self, params: Any, batch: Batch, dropout_rng: Optional[Array],
+              loss_normalizing_factor: Any = _MODEL_FACTOR) -> tuple[Array, dict[str, Array]]:
+    """Teacher-forced loss and summed metrics; dropout_rng None => no dropout.
+
+    `loss_normalizing_factor` overrides the model's own (the trainer passes 1.0
+    after folding the factor into decoder_loss_weights for microbatching, and
+    may then pass `decoder_token_counts` for the token-count metrics).
+    """
+    if loss_normalizing_factor is _MODEL_FACTOR:
+      loss_normalizing_factor = self.loss_normalizing_factor
+    logits = self._logits(params, batch, dropout_rng)
+    targets = batch["decoder_target_tokens"]
+    factor, weights = losses.loss_normalizing_factor_and_weights(loss_normalizing_factor, batch)
+    loss, z_loss, _ = losses.weighted_cross_entropy(
+        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+        loss_normalizing_factor=factor)
+
+    token_counts = batch.get("decoder_token_counts")
+    if token_counts is None:
+      raw = batch.get("decoder_loss_weights")
+      token_counts = (targets > 0) if raw is None else (raw > 0)
+    token_counts = jnp.asarray(token_counts, jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    metrics = {
+        "loss": loss,
+        "z_loss": z_loss,
+        "cross_ent_loss": loss - z_loss,
+        "correct_tokens": jnp.sum(correct * token_counts),
+        "num_tokens": jnp.sum(token_counts),
+        "num_examples": _num_examples(token_counts, batch.get("decoder_segment_ids")),
+    }
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return loss, metrics
+
+  def score_batch(self, params: Any, batch: Batch) -> Array:
+    """[batch] float32 sum of target log-likelihoods (weighted; no z-loss, no smoothing)."""
+    logits = self._logits(params, batch, None)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights")
+    weights = (targets > 0) if weights is None else weights
+    token_ll = -optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.sum(token_ll * jnp.asarray(weights, jnp.float32), axis=-1)
+
+  def _rngs(self, dropout_rng: Optional[Array]) -> dict[str, Array]:
+    return {} if dropout_rng is None else {"dropout": dropout_rng}
+
+
+def _dummy_batch(input_shapes: Mapping[str, tuple], keys: tuple[str, ...]) -> dict[str, Array]:
+  missing = [k for k in keys if k not in input_shapes and not k.endswith(("_ids", "_positions"))]
+  if missing:
+    raise ValueError(f"input_shapes lacks {missing}; got keys {sorted(input_shapes)}. Pass the "
+                     "feature converter's model feature shapes.")
+  return {k: jnp.ones(tuple(input_shapes[k]), jnp.int32) for k in keys if k in input_shapes}
+
+
+class EncoderDecoderModel(_LossMixin):
+  """T5-style encoder-decoder trained with seqio's EncDecFeatureConverter features."""
+
+  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+
+  def __init__(self, module: nn.Module, input_vocabulary: seqio.Vocabulary,
+               output_vocabulary: seqio.Vocabulary, z_loss: float = 1e-4,
+               label_smoothing: float = 0.0, loss_normalizing_factor: Any = None):
+    self.module = module
+    self.input_vocabulary = input_vocabulary
+    self.output_vocabulary = output_vocabulary
+    self.z_loss = z_loss
+    self.label_smoothing = label_smoothing
+    self.loss_normalizing_factor = loss_normalizing_factor
+
+  def feature_converter(self, pack: bool) -> seqio.FeatureConverter:
+    return self.FEATURE_CONVERTER_CLS(pack=pack)
+
+  def init_params(self, rng: Array, input_shapes: Mapping[str, tuple]) -> Any:
+    """LogicallyPartitioned-boxed params (wrap in jax.eval_shape for an abstract tree)."""
+    batch = _dummy_batch(input_shapes, (
+        "encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+        "encoder_segment_ids", "decoder_segment_ids"))
+    variables = self.module.init(
+        {"params": rng}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"], encoder_segment_ids=batch.get("encoder_segment_ids"),
+        decoder_segment_ids=batch.get("decoder_segment_ids"), enable_dropout=False)
+    return variables["params"]
+
+  def _logits(self, params: Any, batch: Batch, dropout_rng: Optional[Array]) -> Array:
+    return self.module.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"], encoder_segment_ids=batch.get("encoder_segment_ids"),
+        decoder_segment_ids=batch.get("decoder_segment_ids"),
+        encoder_positions=batch.get("encoder_positions"),
+        decoder_positions=batch.get("decoder_positions"),
+        enable_dropout=dropout_rng is not None, rngs=self._rngs(dropout_rng))
+
+
+class DecoderOnlyModel(_LossMixin):
+  """Decoder-only LM; a prefix LM when inputs_bidirectional_attention=True.
+
+  Tasks with "inputs" are concatenated inputs+targets by the feature converter
+  and the loss covers targets only (seqio's decoder_loss_weights).
+  """
+
+  FEATURE_CONVERTER_CLS = seqio.DecoderFeatureConverter
+
+  def __init__(self, module: nn.Module, vocabulary: seqio.Vocabulary, z_loss: float = 1e-4,
+               label_smoothing: float = 0.0, loss_normalizing_factor: Any = None,
+               inputs_bidirectional_attention: bool = False):
+    self.module = module
+    self.vocabulary = vocabulary
+    self.z_loss = z_loss
+    self.label_smoothing = label_smoothing
+    self.loss_normalizing_factor = loss_normalizing_factor
+    self.inputs_bidirectional_attention = inputs_bidirectional_attention
+
+  @property
+  def input_vocabulary(self) -> seqio.Vocabulary:
+    return self.vocabulary
+
+  @property
+  def output_vocabulary(self) -> seqio.Vocabulary:
+    return self.vocabulary
+
+  def feature_converter(self, pack: bool) -> seqio.FeatureConverter:
+    if self.inputs_bidirectional_attention:
+      return seqio.PrefixLMFeatureConverter(pack=pack)
+    return self.FEATURE_CONVERTER_CLS(pack=pack)
+
+  def init_params(self, rng: Array, input_shapes: Mapping[str, tuple]) -> Any:
+    """LogicallyPartitioned-boxed params (wrap in jax.eval_shape for an abstract tree)."""
+    batch = _dummy_batch(input_shapes, (
+        "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids"))
+    variables = self.module.init(
+        {"params": rng}, batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+        decoder_segment_ids=batch.get("decoder_segment_ids"), enable_dropout=False)
+    return variables["params"]
+
+  def _logits(self, params: Any, batch: Batch, dropout_rng: Optional[Array]) -> Array:
+    causal_attention = None
+    if self.inputs_bidirectional_attention:
+      causal_attention = batch.get("decoder_causal_attention")
+      if causal_attention is None:
+        raise ValueError("inputs_bidirectional_attention=True needs the feature "
+                         "'decoder_causal_attention'; use seqio.PrefixLMFeatureConverter "
+                         "(model.feature_converter) on a task with 'inputs'.")
+    return self.module.apply(
+        {"params": params}, batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+        decoder_segment_ids=batch.get("decoder_segment_ids"),
+        decoder_positions=batch.get("decoder_positions"),
+        decoder_causal_attention=causal_attention,
+        enable_dropout=dropout_rng is not None, rngs=self._rngs(dropout_rng))
