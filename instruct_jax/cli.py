@@ -9,6 +9,8 @@ shipped gin_configs/ folder and its parent (so both `runs/smoke.gin` and
 `gin_configs/runs/smoke.gin` work).
 """
 import argparse
+import contextlib
+import logging
 import os
 import re
 import sys
@@ -98,7 +100,8 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
   for path in [os.getcwd(), *paths, gin_configs.ROOT, os.path.dirname(gin_configs.ROOT)]:
     gin.add_config_file_search_path(path)
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+    with _quiet_gin_path_lookups():
+      gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
   except ValueError as e:
     message = str(e)
     required = _REQUIRED_MACRO.match(message)
@@ -118,6 +121,19 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
         "gin files are searched in the current directory, --gin_search_paths and "
         f"{gin_configs.ROOT}.")
     raise UsageError(f"Malformed gin configuration{hint} ({type(e).__name__}: {e})") from e
+
+
+@contextlib.contextmanager
+def _quiet_gin_path_lookups():
+  """Gin logs an error for every search path that lacks a file, even when a later one
+  has it; a file found nowhere still raises, so these lines are only noise."""
+  noise = lambda record: not record.getMessage().startswith("Path not found")
+  root = logging.getLogger()
+  root.addFilter(noise)
+  try:
+    yield
+  finally:
+    root.removeFilter(noise)
 
 
 def _find_bad_binding(bindings: Sequence[str]) -> Optional[str]:

@@ -249,19 +249,19 @@ def test_packed_encdec_matches_unpacked(t5_setup):
   packed = _seqio_features(seqio.EncDecFeatureConverter(pack=True), examples, lengths)
   assert len(packed) == 1, "both examples should share one packed row"
   packed = packed[0]
-  packed_logits = model._logits(params, packed, None)
-  offset = 0
-  for ex in _seqio_features(seqio.EncDecFeatureConverter(pack=False), examples, lengths):
-    n = len(examples[0]["targets"]) if offset == 0 else 5
-    alone = model._logits(params, ex, None)
+  logits_fn, score_fn = jax.jit(model._logits), jax.jit(model.score_batch)
+  packed_logits = logits_fn(params, packed, None)
+  offset, per_example = 0, []
+  for ex, src in zip(_seqio_features(seqio.EncDecFeatureConverter(pack=False), examples,
+                                     lengths), examples):
+    n = len(src["targets"])
+    alone = logits_fn(params, ex, None)
     np.testing.assert_allclose(packed_logits[0, offset:offset + n], alone[0, :n],
                                atol=1e-4, rtol=1e-4)
+    per_example.append(score_fn(params, ex)[0])
     offset += n
-  # Scores of a packed row are the sum of both examples' scores.
-  per_example = [model.score_batch(params, ex)[0] for ex in _seqio_features(
-      seqio.EncDecFeatureConverter(pack=False), examples, lengths)]
-  np.testing.assert_allclose(model.score_batch(params, packed)[0], sum(per_example),
-                             rtol=1e-5)
+  # The score of a packed row is the sum of its examples' scores.
+  np.testing.assert_allclose(score_fn(params, packed)[0], sum(per_example), rtol=1e-5)
 
 
 def test_packed_prefix_lm_matches_unpacked(decoder_setup):
@@ -273,12 +273,13 @@ def test_packed_prefix_lm_matches_unpacked(decoder_setup):
   assert isinstance(converter, seqio.PrefixLMFeatureConverter)
   packed = _seqio_features(converter, examples, lengths)
   assert len(packed) == 1
-  packed_logits = model._logits(params, packed[0], None)
+  logits_fn = jax.jit(model._logits)
+  packed_logits = logits_fn(params, packed[0], None)
   offset = 0
   for ex, src in zip(_seqio_features(model.feature_converter(pack=False), examples, lengths),
                      examples):
     n = len(src["inputs"]) + len(src["targets"])
-    alone = model._logits(params, ex, None)
+    alone = logits_fn(params, ex, None)
     np.testing.assert_allclose(packed_logits[0, offset:offset + n], alone[0, :n],
                                atol=1e-4, rtol=1e-4)
     offset += n
@@ -303,12 +304,16 @@ def test_cached_encdec_decoding_matches_teacher_forcing(t5_setup):
                           mutable=["cache"], method=module.decode)
   cache = state["cache"]
   assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (2, length, 4, 8)
+
+  @jax.jit
+  def step(cache, token):
+    return module.apply({"params": params, "cache": cache}, encoded,
+                        batch["encoder_input_tokens"], token, token, enable_dropout=False,
+                        decode=True, max_decode_length=length, mutable=["cache"],
+                        method=module.decode)
+
   for i in range(length):
-    token = batch["decoder_input_tokens"][:, i:i + 1]
-    step_logits, state = module.apply(
-        {"params": params, "cache": cache}, encoded, batch["encoder_input_tokens"], token,
-        token, enable_dropout=False, decode=True, max_decode_length=length,
-        mutable=["cache"], method=module.decode)
+    step_logits, state = step(cache, batch["decoder_input_tokens"][:, i:i + 1])
     cache = state["cache"]
     real = batch["decoder_target_tokens"][:, i] > 0  # padded positions' logits are junk
     np.testing.assert_allclose(step_logits[real, 0], full[real, i], atol=1e-4, rtol=1e-4)
@@ -327,11 +332,11 @@ def test_cached_decoder_only_decoding_matches_teacher_forcing():
                           enable_dropout=False, decode=True, max_decode_length=6,
                           mutable=["cache"])
   cache = state["cache"]
+  step = jax.jit(lambda cache, token: module.apply(
+      {"params": params, "cache": cache}, token, None, enable_dropout=False, decode=True,
+      max_decode_length=6, mutable=["cache"]))
   for i in range(6):
-    token = batch["decoder_input_tokens"][:, i:i + 1]
-    step_logits, state = module.apply({"params": params, "cache": cache}, token, None,
-                                      enable_dropout=False, decode=True, max_decode_length=6,
-                                      mutable=["cache"])
+    step_logits, state = step(cache, batch["decoder_input_tokens"][:, i:i + 1])
     cache = state["cache"]
     np.testing.assert_allclose(step_logits[:, 0], full[:, i], atol=1e-4, rtol=1e-4)
 
@@ -354,11 +359,11 @@ def test_prefix_lm_prefill_then_steps_match_teacher_forcing(decoder_setup):
   np.testing.assert_allclose(logits[rows, lengths - 1], full[rows, lengths - 1],
                              atol=1e-4, rtol=1e-4)
   cache = state["cache"]
+  step = jax.jit(lambda cache, token: module.apply(
+      {"params": params, "cache": cache}, token, None, enable_dropout=False, decode=True,
+      max_decode_length=8, mutable=["cache"]))
   for s in range(3):
-    token = batch["decoder_input_tokens"][rows, lengths + s][:, None]
-    step_logits, state = module.apply({"params": params, "cache": cache}, token, None,
-                                      enable_dropout=False, decode=True, max_decode_length=8,
-                                      mutable=["cache"])
+    step_logits, state = step(cache, batch["decoder_input_tokens"][rows, lengths + s][:, None])
     cache = state["cache"]
     np.testing.assert_allclose(step_logits[:, 0], full[rows, lengths + s],
                                atol=1e-4, rtol=1e-4)
@@ -425,9 +430,11 @@ def test_loss_normalizing_factor_and_override(t5_setup):
 def test_dropout_needs_rng_and_changes_loss(t5_setup):
   _, params, batch = t5_setup
   model = _t5_model(dropout_rate=0.3)
-  deterministic = model.loss_fn(params, batch, None)[0]
-  assert float(deterministic) == pytest.approx(float(model.loss_fn(params, batch, None)[0]))
-  dropped = model.loss_fn(params, batch, jax.random.PRNGKey(0))[0]
+  loss_fn = jax.jit(lambda rng: model.loss_fn(params, batch, rng)[0])
+  deterministic = loss_fn(None)
+  assert float(deterministic) == pytest.approx(float(t5_setup[0].loss_fn(params, batch,
+                                                                          None)[0]))
+  dropped = loss_fn(jax.random.PRNGKey(0))
   assert float(dropped) != pytest.approx(float(deterministic))
 
 
@@ -479,20 +486,17 @@ def test_remat_policy_is_validated():
     t5.T5Config(**{**TINY_T5, "remat_policy": "sometimes"})
 
 
-def test_bfloat16_activations_give_float32_logits(t5_setup):
+def test_bfloat16_activations_give_float32_logits(t5_setup, decoder_setup):
   _, params, batch = t5_setup
   model = _t5_model(dtype="bfloat16")
-  logits = model._logits(params, batch, None)
-  assert logits.dtype == jnp.float32
-  ref = t5_setup[0]._logits(params, batch, None)
+  loss, logits = jax.jit(lambda p: (model.loss_fn(p, batch, None)[0],
+                                    model._logits(p, batch, None)))(params)
+  assert logits.dtype == jnp.float32 and np.isfinite(float(loss))
+  ref = jax.jit(t5_setup[0]._logits)(params, batch, None)
   assert float(jnp.mean(jnp.abs(logits - ref))) < 0.1 * float(jnp.mean(jnp.abs(ref)))
-  loss, _ = model.loss_fn(params, batch, None)
-  assert np.isfinite(float(loss))
-  dec = _decoder_model(dtype="bfloat16")
-  dparams = _init(dec, {"decoder_input_tokens": (2, 6), "decoder_target_tokens": (2, 6)})
-  assert dec._logits(dparams, {k: batch[k] for k in ("decoder_input_tokens",
-                                                     "decoder_target_tokens")},
-                     None).dtype == jnp.float32
+  _, dparams, dbatch = decoder_setup
+  dec = _decoder_model(prefix=True, dtype="bfloat16")
+  assert jax.jit(dec._logits)(dparams, dbatch, None).dtype == jnp.float32
 
 
 # --- gin configs ---------------------------------------------------------------------

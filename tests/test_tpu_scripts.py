@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import shlex
+import signal
 import socket
 import stat
 import subprocess
@@ -286,7 +287,7 @@ def test_logs_stop_status_delete_commands():
   assert "--worker=all" in fetch and flag(fetch, "--output-directory") == "run logs"
   assert flag(fetch, "--command") == "cat instruct_jax_train.log"
   [stop] = commands(dry_run(tpu_pod.main, ["stop", *WHERE]))
-  assert "--worker=all" in stop and flag(stop, "--command").startswith("kill -TERM")
+  assert "--worker=all" in stop and flag(stop, "--command").startswith("kill -s TERM")
   [status] = commands(dry_run(tpu_pod.main, ["status", *WHERE]))
   assert status[4:6] == ["describe", "my-tpu"] and flag(status, "--format") == "value(state)"
   [delete] = commands(dry_run(tpu_pod.main, ["delete", *WHERE, "--project=p"]))
@@ -307,6 +308,44 @@ def test_dry_run_output_is_a_shell_script():
   text = dry_run(tpu_pod.main, ["up", *WHERE, "--accelerator_type=v4-32", "--tarball=x.tgz", "--",
                                 *TRAIN_ARGS])
   assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+@pytest.mark.parametrize("argv", [["tpu_pod.py", "--help"], ["tpu_pod.py", "up", "--help"],
+                                  ["slurm_gpu.py", "--help"]])
+def test_scripts_run_standalone_with_help(argv):
+  result = subprocess.run([sys.executable, str(SCRIPTS / argv[0]), *argv[1:]], capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("usage: " + argv[0])
+  assert os.access(SCRIPTS / argv[0], os.X_OK)
+
+
+def remote_commands():
+  tpu = tpu_pod.Tpu("t", "z")
+  return {
+      "install_git": tpu_pod.install_steps(tpu, git_url="https://g/r")[-1].argv,
+      "install_tarball": tpu_pod.install_steps(tpu, tarball="x.tgz")[-1].argv,
+      "train": tpu_pod.train_command(tpu, TRAIN_ARGS, ["K=v w"]),
+      "follow": tpu_pod.follow_log_command(tpu),
+      "fetch": tpu_pod.fetch_logs_command(tpu, "d"),
+      "stop": tpu_pod.stop_command(tpu),
+  }
+
+
+@pytest.mark.skipif(subprocess.run(["which", "shellcheck"], capture_output=True).returncode,
+                    reason="shellcheck not installed (apt-get install shellcheck)")
+def test_generated_shell_code_passes_shellcheck():
+  for name, argv in remote_commands().items():
+    for shell in ("sh", "bash"):
+      result = subprocess.run(["shellcheck", "-s", shell, "-"], input=flag(argv, "--command"),
+                              capture_output=True, text=True)
+      assert result.returncode == 0, (name, shell, result.stdout)
+  for process_per in ("gpu", "node"):
+    job = slurm_gpu.SlurmJob(nodes=2, gpus_per_node=8, process_per=process_per,
+                             setup=("source ~/venv/bin/activate", "module load cuda"))
+    result = subprocess.run(["shellcheck", "-"], input=slurm_gpu.sbatch_script(job, TRAIN_ARGS),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 # ---------------------------------------------------------------- tpu_pod: real execution
@@ -403,6 +442,8 @@ def worker_home(tmp_path):
   pid_file = home / "instruct_jax_train.pid"
   if pid_file.exists():
     pid = int(pid_file.read_text())
+    if is_alive(pid):  # a failed test may leave a sleeping fake trainer behind
+      os.killpg(pid, signal.SIGKILL)
     wait_for(lambda: not is_alive(pid), "the last fake trainer to exit")
 
 
@@ -662,7 +703,6 @@ with open(os.path.join(os.environ["RECORD_DIR"], "rank%d.json" % jax.process_ind
 """
 
 
-@pytest.mark.slow
 def test_batch_script_brings_up_jax_distributed_across_processes(tmp_path):
   """The generated flags drive jax.distributed.initialize for real (two CPU processes, gloo)."""
   pytest.importorskip("jax")

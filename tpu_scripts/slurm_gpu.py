@@ -101,8 +101,10 @@ def sbatch_script(job: SlurmJob, train_args: Sequence[str]) -> str:
   directives += job.sbatch_options
 
   per = "GPU" if job.process_per == "gpu" else "node"
-  lines = ["#!/bin/bash",
-           f"# instruct-jax train on {job.nodes} node(s) x {job.gpus_per_node} GPU(s), one "
+  lines = ["#!/bin/bash"]
+  if job.setup:
+    lines.append("# shellcheck disable=SC1090,SC1091  # --setup lines may source any file")
+  lines += [f"# instruct-jax train on {job.nodes} node(s) x {job.gpus_per_node} GPU(s), one "
            f"process per {per}: {job.num_processes} processes. Written by tpu_scripts/slurm_gpu.py."]
   lines += [f"#SBATCH {d}" for d in directives]
   lines += ["set -euo pipefail", ""]
@@ -134,6 +136,7 @@ def sbatch_script(job: SlurmJob, train_args: Sequence[str]) -> str:
   lines += [")", "",
             f'echo "instruct-jax: {job.num_processes} processes, coordinator $COORDINATOR_ADDRESS"',
             "# srun starts the tasks; each appends its own rank to TRAIN_CMD.",
+            "# shellcheck disable=SC2016  # $SLURM_* expand in each task, not here",
             f"srun --label --kill-on-bad-exit=1 bash -c {shlex.quote(per_task)} "
             'instruct-jax-task "${TRAIN_CMD[@]}"', ""]
   return "\n".join(lines)

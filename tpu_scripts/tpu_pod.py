@@ -213,7 +213,7 @@ def fetch_logs_command(tpu: Tpu, out_dir: str) -> list[str]:
 
 def stop_command(tpu: Tpu) -> list[str]:
   """SIGTERM to each worker's trainer process group, so it can finish writing a checkpoint."""
-  return tpu.ssh(f'kill -TERM -- "-$(cat {PID_FILE})"')
+  return tpu.ssh(f'kill -s TERM -- "-$(cat {PID_FILE})"')
 
 
 def status_command(tpu: Tpu) -> list[str]:

@@ -57,7 +57,9 @@ class MetricsReporter:
   def print_progress(self, step: int, scalars: Mapping[str, float]) -> None:
     parts = [f"step {step}/{self._total_steps}"]
     if "loss" in scalars:
-      parts.append(f"loss {scalars['loss']:.4f}")
+      parts.append(f"loss {scalars['loss']:.4g}")
+    if "cross_ent_loss_per_token" in scalars:
+      parts.append(f"loss/token {scalars['cross_ent_loss_per_token']:.4f}")
     if "accuracy" in scalars:
       parts.append(f"acc {scalars['accuracy']:.3f}")
     if "timing/tokens_per_second" in scalars:
@@ -69,6 +71,18 @@ class MetricsReporter:
     logging.info(line)
     if self._is_chief:
       print(line, flush=True)
+
+  def print_eval(self, step: int, scalars: Mapping[str, float]) -> None:
+    """One line per evaluated task: `eval step N | task: loss 1.23, accuracy 0.45`."""
+    by_task: dict[str, list[str]] = {}
+    for key, value in sorted(scalars.items()):
+      _, task, metric = key.split("/", 2) if key.count("/") >= 2 else ("", key, "")
+      by_task.setdefault(task, []).append(f"{metric} {value:.4g}" if metric else f"{value:.4g}")
+    for task, values in by_task.items():
+      line = f"eval step {step} | {task}: {', '.join(values)}"
+      logging.info(line)
+      if self._is_chief:
+        print(line, flush=True)
 
   def close(self) -> None:
     self._writer.close()

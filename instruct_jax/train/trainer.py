@@ -63,8 +63,8 @@ class Trainer:
     self._dropout_rng = jax.random.PRNGKey(random_seed)
 
     with partitioner.activation_context():
-      self._boxed_params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0),
-                                          self._input_shapes)
+      self._boxed_params = jax.eval_shape(
+          lambda rng: model.init_params(rng, self._input_shapes), jax.random.PRNGKey(0))
     abstract_params = nn.meta.unbox(self._boxed_params)
     abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
     self.state_shardings = TrainState(
@@ -357,7 +357,7 @@ def train(*,
             scalars.update(infer_eval_fn(state.params, step))
           if scalars:
             reporter.write(step, scalars)
-            logging.info("eval at step %d: %s", step, scalars)
+            reporter.print_eval(step, scalars)
         if checkpointer.should_save(step) or is_last or stop.requested:
           _check_finite(*pending)
           checkpointer.save(step, state, data_iterator=data_iterator, force=True)
