@@ -26,6 +26,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from tasks_registry import registration
+
 VOCABULARY = seqio.ByteVocabulary()
 OUTPUT_FEATURES = {
     "inputs": seqio.Feature(vocabulary=VOCABULARY, add_eos=True),
@@ -241,21 +243,9 @@ def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str,
   return {"accuracy": 100.0 * hits / max(len(targets), 1)}
 
 
-def _replace_task(name: str, **kwargs) -> None:
-  # Remove first so re-running the module (importlib.reload, notebooks) is safe.
-  seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(name, **kwargs)
-
-
-def _replace_mixture(name: str, tasks: Sequence[str]) -> None:
-  seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, list(tasks),
-                            default_rate=seqio.mixing_rate_num_examples)
-
-
 def _register() -> None:
   for name in task_names():
-    _replace_task(
+    registration.replace_task(
         name,
         source=seqio.FunctionDataSource(
             dataset_fn=functools.partial(_dataset_fn, name=name),
@@ -270,14 +260,14 @@ def _register() -> None:
         metric_fns=[exact_match],
     )
   training = [c for c in CLUSTERS if c != HELD_OUT_CLUSTER]
-  _replace_mixture("smoke_train", task_names(training))
-  _replace_mixture("smoke_holdout_eval", task_names([HELD_OUT_CLUSTER]))
-  _replace_mixture("smoke_all_train", task_names())
+  registration.replace_mixture("smoke_train", task_names(training))
+  registration.replace_mixture("smoke_holdout_eval", task_names([HELD_OUT_CLUSTER]))
+  registration.replace_mixture("smoke_all_train", task_names())
   # Leave-one-cluster-out variants for every cluster, FLAN style.
   for held_out in CLUSTERS:
-    _replace_mixture(f"smoke_train_without_{held_out}",
-                     task_names([c for c in CLUSTERS if c != held_out]))
-    _replace_mixture(f"smoke_eval_{held_out}", task_names([held_out]))
+    registration.replace_mixture(f"smoke_train_without_{held_out}",
+                                 task_names([c for c in CLUSTERS if c != held_out]))
+    registration.replace_mixture(f"smoke_eval_{held_out}", task_names([held_out]))
 
 
 _register()

@@ -63,9 +63,13 @@ def _input_shapes(batch):
   return {k: v.shape for k, v in batch.items()}
 
 
+# Tiny graphs: XLA's backend optimisations cost more compile time than they save here.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
 def _init(model, shapes, seed=0):
   """Unboxed params; jitted because eager init compiles every op separately (slow)."""
-  init = jax.jit(functools.partial(model.init_params, input_shapes=shapes))
+  init = _jit(functools.partial(model.init_params, input_shapes=shapes))
   return nn.meta.unbox(init(jax.random.PRNGKey(seed)))
 
 
@@ -249,19 +253,21 @@ def test_packed_encdec_matches_unpacked(t5_setup):
   packed = _seqio_features(seqio.EncDecFeatureConverter(pack=True), examples, lengths)
   assert len(packed) == 1, "both examples should share one packed row"
   packed = packed[0]
-  logits_fn, score_fn = jax.jit(model._logits), jax.jit(model.score_batch)
-  packed_logits = logits_fn(params, packed, None)
+  # One compiled function (XLA shares the forward pass) per feature structure.
+  logits_and_scores = _jit(lambda b: (model._logits(params, b, None),
+                                         model.score_batch(params, b)))
+  packed_logits, packed_scores = logits_and_scores(packed)
   offset, per_example = 0, []
   for ex, src in zip(_seqio_features(seqio.EncDecFeatureConverter(pack=False), examples,
                                      lengths), examples):
     n = len(src["targets"])
-    alone = logits_fn(params, ex, None)
+    alone, scores = logits_and_scores(ex)
     np.testing.assert_allclose(packed_logits[0, offset:offset + n], alone[0, :n],
                                atol=1e-4, rtol=1e-4)
-    per_example.append(score_fn(params, ex)[0])
+    per_example.append(scores[0])
     offset += n
   # The score of a packed row is the sum of its examples' scores.
-  np.testing.assert_allclose(score_fn(params, packed)[0], sum(per_example), rtol=1e-5)
+  np.testing.assert_allclose(packed_scores[0], sum(per_example), rtol=1e-5)
 
 
 def test_packed_prefix_lm_matches_unpacked(decoder_setup):
@@ -273,7 +279,7 @@ def test_packed_prefix_lm_matches_unpacked(decoder_setup):
   assert isinstance(converter, seqio.PrefixLMFeatureConverter)
   packed = _seqio_features(converter, examples, lengths)
   assert len(packed) == 1
-  logits_fn = jax.jit(model._logits)
+  logits_fn = _jit(model._logits)
   packed_logits = logits_fn(params, packed[0], None)
   offset = 0
   for ex, src in zip(_seqio_features(model.feature_converter(pack=False), examples, lengths),
@@ -305,7 +311,7 @@ def test_cached_encdec_decoding_matches_teacher_forcing(t5_setup):
   cache = state["cache"]
   assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (2, length, 4, 8)
 
-  @jax.jit
+  @_jit
   def step(cache, token):
     return module.apply({"params": params, "cache": cache}, encoded,
                         batch["encoder_input_tokens"], token, token, enable_dropout=False,
@@ -332,7 +338,7 @@ def test_cached_decoder_only_decoding_matches_teacher_forcing():
                           enable_dropout=False, decode=True, max_decode_length=6,
                           mutable=["cache"])
   cache = state["cache"]
-  step = jax.jit(lambda cache, token: module.apply(
+  step = _jit(lambda cache, token: module.apply(
       {"params": params, "cache": cache}, token, None, enable_dropout=False, decode=True,
       max_decode_length=6, mutable=["cache"]))
   for i in range(6):
@@ -359,7 +365,7 @@ def test_prefix_lm_prefill_then_steps_match_teacher_forcing(decoder_setup):
   np.testing.assert_allclose(logits[rows, lengths - 1], full[rows, lengths - 1],
                              atol=1e-4, rtol=1e-4)
   cache = state["cache"]
-  step = jax.jit(lambda cache, token: module.apply(
+  step = _jit(lambda cache, token: module.apply(
       {"params": params, "cache": cache}, token, None, enable_dropout=False, decode=True,
       max_decode_length=8, mutable=["cache"]))
   for s in range(3):
@@ -411,7 +417,7 @@ def test_loss_metrics_are_consistent(t5_setup):
   np.testing.assert_allclose(scores, np.sum(token_ll * weights, axis=-1), rtol=1e-5)
   np.testing.assert_allclose(-scores.sum(), metrics["cross_ent_loss"], rtol=1e-5)
 
-  grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(3))[0]))(params)
+  grads = _jit(jax.grad(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(3))[0]))(params)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
   assert jax.tree.structure(grads) == jax.tree.structure(params)
 
@@ -429,12 +435,12 @@ def test_loss_normalizing_factor_and_override(t5_setup):
 
 def test_dropout_needs_rng_and_changes_loss(t5_setup):
   _, params, batch = t5_setup
-  model = _t5_model(dropout_rate=0.3)
-  loss_fn = jax.jit(lambda rng: model.loss_fn(params, batch, rng)[0])
-  deterministic = loss_fn(None)
-  assert float(deterministic) == pytest.approx(float(t5_setup[0].loss_fn(params, batch,
-                                                                          None)[0]))
-  dropped = loss_fn(jax.random.PRNGKey(0))
+  params = _one_layer(params)
+  model = _t5_model(dropout_rate=0.3, **ONE_LAYER)
+  deterministic = model.loss_fn(params, batch, None)[0]
+  assert float(deterministic) == pytest.approx(
+      float(_t5_model(**ONE_LAYER).loss_fn(params, batch, None)[0]))
+  dropped = _jit(lambda rng: model.loss_fn(params, batch, rng)[0])(jax.random.PRNGKey(0))
   assert float(dropped) != pytest.approx(float(deterministic))
 
 
@@ -467,15 +473,25 @@ def test_prefix_lm_sees_later_inputs_causal_lm_does_not(decoder_setup):
 # --- remat and dtypes ----------------------------------------------------------------
 
 
+def _one_layer(params):
+  """The tiny T5 params cut to one layer per stack (smaller graphs compile faster)."""
+  return {k: ({n: v for n, v in sub.items() if n != "layers_1"} if k != "token_embedder"
+              else sub) for k, sub in params.items()}
+
+
+ONE_LAYER = dict(num_encoder_layers=1, num_decoder_layers=1)
+
+
 def test_remat_policies_match_no_remat(t5_setup):
-  base_model, params, batch = t5_setup
+  _, params, batch = t5_setup
+  params = _one_layer(params)
 
   def loss_and_grads(m):
-    return jax.jit(jax.value_and_grad(lambda p: m.loss_fn(p, batch, None)[0]))(params)
+    return _jit(jax.value_and_grad(lambda p: m.loss_fn(p, batch, None)[0]))(params)
 
-  ref_loss, ref_grads = loss_and_grads(base_model)
+  ref_loss, ref_grads = loss_and_grads(_t5_model(**ONE_LAYER))
   for policy in ("full", "minimal"):
-    loss, grads = loss_and_grads(_t5_model(remat_policy=policy))
+    loss, grads = loss_and_grads(_t5_model(remat_policy=policy, **ONE_LAYER))
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6), policy
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
                  grads, ref_grads)
@@ -489,14 +505,14 @@ def test_remat_policy_is_validated():
 def test_bfloat16_activations_give_float32_logits(t5_setup, decoder_setup):
   _, params, batch = t5_setup
   model = _t5_model(dtype="bfloat16")
-  loss, logits = jax.jit(lambda p: (model.loss_fn(p, batch, None)[0],
+  loss, logits = _jit(lambda p: (model.loss_fn(p, batch, None)[0],
                                     model._logits(p, batch, None)))(params)
   assert logits.dtype == jnp.float32 and np.isfinite(float(loss))
-  ref = jax.jit(t5_setup[0]._logits)(params, batch, None)
+  ref = t5_setup[0]._logits(params, batch, None)
   assert float(jnp.mean(jnp.abs(logits - ref))) < 0.1 * float(jnp.mean(jnp.abs(ref)))
   _, dparams, dbatch = decoder_setup
   dec = _decoder_model(prefix=True, dtype="bfloat16")
-  assert jax.jit(dec._logits)(dparams, dbatch, None).dtype == jnp.float32
+  assert _jit(dec._logits)(dparams, dbatch, None).dtype == jnp.float32
 
 
 # --- gin configs ---------------------------------------------------------------------

@@ -51,9 +51,10 @@ def test_param_and_optimizer_state_shardings_follow_logical_axes():
 
 
 def test_indivisible_dimension_stays_unsplit():
-  part = partitioning.Partitioner(parameter_partitioning_dims=2)
-  assert part.sharding_for(("vocab", "embed"), (259, 12)).spec == P(None, None)
-  assert part.sharding_for(("vocab", "embed"), (259, 16)).spec == P(None, "data")
+  part = partitioning.Partitioner(num_partitions=2, parameter_partitioning_dims=2)
+  assert part.sharding_for(("vocab", "embed"), (259, 10)).spec == P(None, None)
+  assert part.sharding_for(("vocab", "embed"), (259, 12)).spec == P(None, "data")
+  assert part.sharding_for(("vocab", "embed"), (384, 12)).spec == P("model", "data")
 
 
 LAYOUTS = {

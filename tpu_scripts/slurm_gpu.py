@@ -8,7 +8,7 @@
 
 Everything after `--` goes to `instruct-jax train` exactly as typed. The script starts one
 process per GPU (default) or one per node with srun, and gives every process
-  --coordinator_address=<first node of the job>:<port>   (scontrol show hostnames)
+  --coordinator_address=<first node of the job>:<port>   (`scontrol show hostnames`)
   --num_processes=<nodes * gpus_per_node, or nodes>
   --process_id=$SLURM_PROCID
 plus JAX_LOCAL_DEVICE_IDS (which GPUs the process drives), XLA_FLAGS for GPUs and your --env.
@@ -32,7 +32,8 @@ import train_flags
 # Every flag here must exist in the installed jaxlib: XLA aborts on unknown XLA_FLAGS.
 DEFAULT_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 # jax preallocates 75% of GPU memory by default; a training job is the GPU's only user.
-DEFAULT_ENV = ("XLA_PYTHON_CLIENT_MEM_FRACTION=0.9",)
+# tf.data (seqio) imports TensorFlow, which must not grab GPU memory if it sees the GPUs.
+DEFAULT_ENV = ("XLA_PYTHON_CLIENT_MEM_FRACTION=0.9", "TF_FORCE_GPU_ALLOW_GROWTH=true")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +113,10 @@ def sbatch_script(job: SlurmJob, train_args: Sequence[str]) -> str:
     lines += ["# Setup given with --setup.", *job.setup, ""]
   port = str(job.port) if job.port else "$((20000 + SLURM_JOB_ID % 20000))"
   lines += [
-      "# Process 0 hosts the jax.distributed coordinator on the job's first node.",
-      'COORDINATOR_HOST="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+      "# Process 0 hosts the jax.distributed coordinator on the job's first node. (No",
+      "# `| head -n1`: under pipefail, scontrol dying of SIGPIPE would end the job.)",
+      'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
+      'COORDINATOR_HOST="${NODES[0]}"',
       f'COORDINATOR_PORT="${{COORDINATOR_PORT:-{port}}}"',
       'export COORDINATOR_ADDRESS="$COORDINATOR_HOST:$COORDINATOR_PORT"',
       "",
@@ -129,8 +132,10 @@ def sbatch_script(job: SlurmJob, train_args: Sequence[str]) -> str:
               f"export JAX_LOCAL_DEVICE_IDS={all_gpus}"]
     per_task = 'exec "$@" --process_id="$SLURM_PROCID"'
   else:
-    lines += ["# One process per GPU: task k on a node drives that node's GPU k."]
-    per_task = 'export JAX_LOCAL_DEVICE_IDS="$SLURM_LOCALID"; exec "$@" --process_id="$SLURM_PROCID"'
+    lines += ["# One process per GPU: task k on a node drives that node's GPU k (unless",
+              "# JAX_LOCAL_DEVICE_IDS is set, e.g. to 0 where SLURM shows each task one GPU)."]
+    per_task = ('export JAX_LOCAL_DEVICE_IDS="${JAX_LOCAL_DEVICE_IDS:-$SLURM_LOCALID}"; '
+                'exec "$@" --process_id="$SLURM_PROCID"')
   lines += ["", "TRAIN_CMD=("]
   lines += [f"  {_shell_word(arg)}" for arg in train_argv(job, train_args)]
   lines += [")", "",

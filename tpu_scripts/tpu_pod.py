@@ -281,7 +281,10 @@ def _parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True)
   sub.add_parser("create", parents=[where, create], help="create the TPU VM / pod slice")
   sub.add_parser("install", parents=[where, install], help="install instruct_jax on all workers")
-  sub.add_parser("train", parents=[where, train],
+  after_dashes = ("Flags after -- go to `instruct-jax train` on every worker unchanged, e.g.\n"
+                  "  -- --gin_file=runs/finetune.gin --gin.MODEL_DIR=\"'gs://BUCKET/run'\"")
+  sub.add_parser("train", parents=[where, train], epilog=after_dashes,
+                 formatter_class=argparse.RawDescriptionHelpFormatter,
                  help="launch `instruct-jax train` on all workers (flags after --)")
   logs = sub.add_parser("logs", parents=[where], help="stream or fetch the training logs")
   logs.add_argument("--worker", default="0", help='worker(s) to stream: "0", "all", "1-3"')
@@ -291,6 +294,7 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_parser("status", parents=[where], help="print the VM state (READY, PREEMPTED, ...)")
   sub.add_parser("delete", parents=[where], help="delete the TPU VM")
   up = sub.add_parser("up", aliases=["all"], parents=[where, create, install, train],
+                      epilog=after_dashes, formatter_class=argparse.RawDescriptionHelpFormatter,
                       help="create + install + train (+ stream the log)")
   up.add_argument("--recreate", action="store_true",
                   help="delete the VM first (e.g. after preemption); its gs:// run resumes")

@@ -138,7 +138,7 @@ class Trainer:
     grads, metrics = self._accumulate_gradients(state.params, batch, rng)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _accumulate_gradients(self, params, batch, rng):

@@ -1,0 +1,101 @@
+"""The training loop through its Python API: resume exactness, microbatches, NaN handling."""
+import json
+import os
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import tasks_registry  # noqa: F401  (registers the smoke tasks)
+from instruct_jax.data import pipeline
+from instruct_jax.train import checkpoints
+from instruct_jax.train import partitioning
+from instruct_jax.train import trainer as trainer_lib
+import factories
+
+LENGTHS = {"inputs": 64, "targets": 16}
+
+
+def _dataset_cfg(**overrides):
+  fields = dict(mixture_or_task_name="smoke_train", task_feature_lengths=LENGTHS,
+                split="train", batch_size=8, shuffle=True, seed=3, pack=True)
+  fields.update(overrides)
+  return pipeline.DatasetConfig(**fields)
+
+
+def _train(model_dir, total_steps, optimizer=None, save_period=3, **kwargs):
+  return trainer_lib.train(
+      model=factories.tiny_t5(dropout_rate=0.1),
+      train_dataset_cfg=_dataset_cfg(),
+      optimizer=optimizer or optax.adafactor(1e-2),
+      model_dir=str(model_dir),
+      total_steps=total_steps,
+      partitioner=partitioning.Partitioner(parameter_partitioning_dims=2),
+      checkpoint_cfg=trainer_lib.CheckpointConfig(save_period=save_period, async_save=True),
+      log_period=1,
+      **kwargs)
+
+
+@pytest.mark.slow
+def test_resume_is_bitwise_exact(tmp_path):
+  straight = _train(tmp_path / "straight", total_steps=6)
+  _train(tmp_path / "resumed", total_steps=3)
+  resumed = _train(tmp_path / "resumed", total_steps=6)
+  assert int(resumed.step) == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
+               jax.device_get(resumed.params))
+  steps = [json.loads(line)["step"] for line in
+           open(tmp_path / "resumed" / "metrics.jsonl") if "loss" in line]
+  assert steps == [1, 2, 3, 4, 5, 6]  # the second run continued at step 4
+
+
+def test_microbatches_match_full_batch_gradients():
+  model = factories.tiny_t5()
+  partitioner = partitioning.Partitioner(num_partitions=2)
+  shapes = factories.input_shapes(batch=8)
+  batch = {k: jax.device_put(v, partitioner.batch_sharding)
+           for k, v in factories.synthetic_batch(8, seed=1).items()}
+  results = []
+  for k in (1, 2):
+    trainer = trainer_lib.Trainer(model, optax.sgd(1.0), partitioner, shapes,
+                                  num_microbatches=k)
+    state, metrics = trainer.train_step(trainer.init_state(0), batch)
+    results.append((jax.device_get(state.params), jax.device_get(metrics)))
+  (params_1, metrics_1), (params_2, metrics_2) = results
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               params_1, params_2)
+  for key in ("loss", "num_tokens", "correct_tokens", "grad_norm"):
+    np.testing.assert_allclose(metrics_1[key], metrics_2[key], rtol=1e-5)
+
+
+def test_microbatches_must_divide_the_batch():
+  with pytest.raises(ValueError, match="num_microbatches"):
+    trainer_lib.Trainer(factories.tiny_t5(), optax.sgd(1.0), partitioning.Partitioner(),
+                        factories.input_shapes(batch=8), num_microbatches=3)
+
+
+def test_non_finite_loss_stops_without_saving_nan(tmp_path):
+  exploding = optax.sgd(1e35)
+  with pytest.raises(trainer_lib.NonFiniteLossError, match=r"at step \d+"):
+    _train(tmp_path, total_steps=20, optimizer=exploding, save_period=1)
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), save_period=1)
+  for step in checkpointer.all_steps():
+    trainer = trainer_lib.Trainer(factories.tiny_t5(dropout_rate=0.1), exploding,
+                                  partitioning.Partitioner(parameter_partitioning_dims=2),
+                                  pipeline.model_input_shapes(
+                                      _dataset_cfg(),
+                                      factories.tiny_t5().feature_converter(pack=True)))
+    state = checkpointer.restore(trainer.abstract_state, step=step)
+    for leaf in jax.tree.leaves(jax.device_get(state.params)):
+      assert np.all(np.isfinite(leaf)), f"checkpoint_{step} holds non-finite params"
+  checkpointer.close()
+
+
+def test_unknown_task_fails_before_training(tmp_path):
+  with pytest.raises(pipeline.UnknownTaskError, match="smoke_train"):
+    trainer_lib.train(
+        model=factories.tiny_t5(), train_dataset_cfg=_dataset_cfg(mixture_or_task_name="smoke_trian"),
+        optimizer=optax.sgd(1.0), model_dir=str(tmp_path), total_steps=1,
+        partitioner=partitioning.Partitioner())
+  assert not os.path.exists(tmp_path / "checkpoint_1")
