@@ -535,7 +535,7 @@ def test_sbatch_script_per_gpu_contents():
   script = slurm_gpu.sbatch_script(job, SLURM_TRAIN_ARGS)
   for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
                "#SBATCH --partition=gpu", "#SBATCH --time=24:00:00",
-               '#SBATCH --output=slurm_logs/%x-%j.out',
+               '#SBATCH --output=slurm_logs/%x-%j.out', "#SBATCH --signal=TERM@300",
                'mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")',
                'COORDINATOR_HOST="${NODES[0]}"',
                "  --num_processes=16", '  --coordinator_address="$COORDINATOR_ADDRESS"'):
@@ -562,6 +562,7 @@ def test_train_cmd_array_parses_back_to_the_intended_argv():
 
 def test_per_node_mode_and_options():
   job = slurm_gpu.SlurmJob(nodes=4, gpus_per_node=8, process_per="node", requeue=True,
+                           term_before_end=0,
                            port=4242, account="acct", cpus_per_task=32,
                            sbatch_options=("--qos=high",), setup=("module load cuda",),
                            env=("NCCL_SOCKET_IFNAME=ib0",), xla_flags=("--xla_a=1", "--xla_b=2"))
@@ -574,7 +575,7 @@ def test_per_node_mode_and_options():
                'COORDINATOR_PORT="${COORDINATOR_PORT:-4242}"', "  --num_processes=4"):
     assert line in lines, line
   assert 'export XLA_FLAGS="--xla_a=1 --xla_b=2${XLA_FLAGS:+ $XLA_FLAGS}"' in lines
-  assert "SLURM_LOCALID" not in script
+  assert "SLURM_LOCALID" not in script and "--signal" not in script
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -50,6 +50,7 @@ class SlurmJob:
   cpus_per_task: int | None = None
   sbatch_options: tuple[str, ...] = ()      # extra "#SBATCH" options, e.g. "--qos=high"
   requeue: bool = False
+  term_before_end: int = 300                # SIGTERM this many seconds before the time limit
   port: int | None = None                   # coordinator port; default derived from job id
   launcher: tuple[str, ...] = ("instruct-jax",)
   setup: tuple[str, ...] = ()               # shell lines run first, e.g. activating a venv
@@ -97,6 +98,8 @@ def sbatch_script(job: SlurmJob, train_args: Sequence[str]) -> str:
                       ("time", job.time), ("cpus-per-task", job.cpus_per_task)):
     if value is not None:
       directives.append(f"--{name}={value}")
+  if job.term_before_end > 0:  # the trainer saves a checkpoint on SIGTERM, then exits
+    directives.append(f"--signal=TERM@{job.term_before_end}")
   if job.requeue:
     directives.append("--requeue")
   directives += job.sbatch_options
@@ -164,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
                       help='extra #SBATCH option, e.g. "--qos=high" (repeatable)')
   parser.add_argument("--requeue", action="store_true",
                       help="let SLURM requeue the job after preemption; it resumes")
+  parser.add_argument("--term_before_end", type=int, default=300, metavar="SECONDS",
+                      help="SIGTERM the processes this long before the time limit, so the "
+                      "trainer can save a checkpoint (0: don't)")
   parser.add_argument("--port", type=int, help="coordinator port (default: from job id)")
   parser.add_argument("--launcher", default="instruct-jax",
                       help='command before "train", e.g. "python -m instruct_jax"')
@@ -187,7 +193,8 @@ def job_from_args(args: argparse.Namespace) -> SlurmJob:
       nodes=args.nodes, gpus_per_node=args.gpus_per_node, process_per=args.process_per,
       job_name=args.job_name, log_dir=args.log_dir, partition=args.partition,
       account=args.account, time=args.time, cpus_per_task=args.cpus_per_task,
-      sbatch_options=tuple(args.sbatch_option), requeue=args.requeue, port=args.port,
+      sbatch_options=tuple(args.sbatch_option), requeue=args.requeue,
+      term_before_end=args.term_before_end, port=args.port,
       launcher=tuple(shlex.split(args.launcher)), setup=tuple(args.setup),
       env=DEFAULT_ENV + tuple(args.env), xla_flags=DEFAULT_XLA_FLAGS + tuple(args.xla_flag))
 

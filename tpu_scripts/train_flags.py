@@ -35,8 +35,8 @@ def is_env_assignment(text: str) -> bool:
 def shell_quote(word: str) -> str:
   """Like shlex.quote, but "--gin.X='a b'" instead of '--gin.X='"'"'a b'"'"'' where that is safe.
 
-  Inside double quotes a POSIX shell only interprets $ ` \\ and " itself, so a word free of
-  those can be double-quoted; gin string values read much better that way.
+  Inside double quotes a POSIX shell only interprets $ ` \\ and " itself (and an interactive
+  bash also !), so a word free of those can be double-quoted; gin strings read better so.
   """
   if shlex.quote(word) == word or any(c in word for c in '"$`\\!'):
     return shlex.quote(word)

@@ -241,7 +241,11 @@ class MultiHeadDotProductAttention(nn.Module):
                prefill: bool = False,
                prefill_lengths: Optional[Array] = None,
                max_decode_length: Optional[int] = None) -> Array:
-    """inputs [batch, q_len | kv_len, embed], mask [batch, 1, q_len, kv_len] -> [batch, q_len, embed]."""
+    """[batch, q_len, embed] attending to [batch, kv_len, embed] -> [batch, q_len, embed].
+
+    mask: [batch, 1, q_len, kv_len] (nonzero = may attend); bias: broadcastable
+    to [batch, heads, q_len, kv_len], added to the logits.
+    """
     depth_scaling = math.sqrt(self.head_dim)
     base_init = self.kernel_init
 

@@ -1,0 +1,47 @@
+"""Closed-book QA templates (our wording). ARC's options are appended automatically."""
+from instruct_jax.data.templates import Template
+
+TEMPLATES = {
+    "arc": (
+        Template("{question}"),
+        Template("Answer this science question.\n\n{question}"),
+        Template("Question: {question}\n\nWhich answer is correct?"),
+        Template("Grade-school science quiz. {question}"),
+        Template("{question}\n\nPick the right answer."),
+        Template("Use what you know about science to answer: {question}"),
+        Template("Here is a multiple-choice question from a science exam.\n\n{question}"),
+        Template("Choose the best answer to the following question. {question}"),
+        Template("Write a science exam question whose correct answer is \"{answer}\".",
+                 "{question}", turned_around=True),
+        Template("The answer is \"{answer}\". What might the science question have been?",
+                 "{question}", turned_around=True),
+    ),
+    "natural_questions": (
+        Template("{question}"),
+        Template("Answer the following question.\n\n{question}"),
+        Template("Question: {question}\nAnswer:"),
+        Template("Please answer this: {question}"),
+        Template("What is the answer to this question? {question}"),
+        Template("I searched the web for \"{question}\" What should the answer be?"),
+        Template("Give a short answer. {question}"),
+        Template("Answer from general knowledge, briefly.\n\n{question}"),
+        Template("Write a question whose answer is \"{answer}\".", "{question}",
+                 turned_around=True),
+        Template("What would someone search for if the answer they wanted was {answer}?",
+                 "{question}", turned_around=True),
+    ),
+    "trivia_qa": (
+        Template("{question}"),
+        Template("Trivia question: {question}\nAnswer:"),
+        Template("Answer this trivia question. {question}"),
+        Template("Quiz time! {question}"),
+        Template("Q: {question}\nA:"),
+        Template("Here is a pub quiz question: {question} What is the answer?"),
+        Template("Test your general knowledge. {question}"),
+        Template("Give the answer to this question, in a few words.\n\n{question}"),
+        Template("Write a trivia question whose answer is {answer}.", "{question}",
+                 turned_around=True),
+        Template("Make up a quiz question. The answer should be: {answer}", "{question}",
+                 turned_around=True),
+    ),
+}

@@ -1,0 +1,58 @@
+"""Sentiment templates (our wording). Options are appended automatically."""
+from instruct_jax.data.templates import Template
+
+TEMPLATES = {
+    "imdb_reviews": (
+        Template("{text}\n\nIs this movie review positive or negative?"),
+        Template("What is the sentiment of the following movie review?\n\n{text}"),
+        Template("{text}\n\nDid the reviewer like the movie?"),
+        Template("Movie review: {text}\n\nHow does the reviewer feel about the film?"),
+        Template("Classify the sentiment of this review.\n\n{text}"),
+        Template("{text}\n\nWould you say this review is positive or negative?"),
+        Template("Read the review and decide whether it recommends the movie.\n\n{text}"),
+        Template("Here is a review of a film: \"{text}\" What tone does it have?"),
+        Template("Write a {answer} movie review.", "{text}", turned_around=True),
+        Template("Write a review of a film you saw. Make it {answer}.", "{text}",
+                 turned_around=True),
+    ),
+    "sentiment140": (
+        Template("{text}\n\nWhat is the sentiment of this tweet?"),
+        Template("Tweet: {text}\n\nIs the tweet happy or unhappy in tone?"),
+        Template("How would you describe the mood of this tweet?\n\n{text}"),
+        Template("{text}\n\nIs this a positive or a negative tweet?"),
+        Template("Classify the emotion in the following tweet.\n\n{text}"),
+        Template("Someone posted: \"{text}\" How are they feeling?"),
+        Template("Decide the polarity of this short message.\n\n{text}"),
+        Template("Here is a tweet. {text}\n\nWhat sentiment does it express?"),
+        Template("Write a {answer} tweet.", "{text}", turned_around=True),
+        Template("Compose a short social media post with a {answer} feeling.", "{text}",
+                 turned_around=True),
+    ),
+    "sst2": (
+        Template("Sentence from a movie review: {text}\n\nWas the movie seen positively or "
+                 "negatively?"),
+        Template("{text}\n\nHow does this phrase describe the film?"),
+        Template("What is the sentiment of this phrase from a review?\n\n{text}"),
+        Template("\"{text}\" Is this a positive or a negative comment about the movie?"),
+        Template("Classify this snippet of a film review.\n\n{text}"),
+        Template("Review excerpt: {text}\n\nSentiment?"),
+        Template("{text}\n\nDoes this express a favorable or an unfavorable opinion?"),
+        Template("Read the phrase and tell me the attitude it shows.\n\n{text}"),
+        Template("Write a short {answer} phrase about a movie.", "{text}", turned_around=True),
+        Template("Give me a snippet of a {answer} movie review.", "{text}",
+                 turned_around=True),
+    ),
+    "yelp_polarity_reviews": (
+        Template("{text}\n\nIs this review positive or negative?"),
+        Template("What is the sentiment of this business review?\n\n{text}"),
+        Template("Yelp review: {text}\n\nDid the customer have a good experience?"),
+        Template("{text}\n\nHow would you describe the tone of this review?"),
+        Template("Classify the following restaurant or shop review.\n\n{text}"),
+        Template("Read this review and decide how the writer felt.\n\n{text}"),
+        Template("Review: \"{text}\"\n\nPolarity?"),
+        Template("{text}\n\nWould the reviewer recommend this place?"),
+        Template("Write a {answer} Yelp review.", "{text}", turned_around=True),
+        Template("Write a {answer} review of a local business.", "{text}",
+                 turned_around=True),
+    ),
+}
