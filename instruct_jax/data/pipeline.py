@@ -22,8 +22,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from instruct_jax.errors import ActionableError
 
-class UnknownTaskError(ValueError):
+
+class UnknownTaskError(ActionableError, ValueError):
   """The requested seqio Task/Mixture name is not registered."""
 
 

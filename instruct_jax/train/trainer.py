@@ -19,6 +19,7 @@ import optax
 import seqio
 
 from instruct_jax.data import pipeline
+from instruct_jax.errors import ActionableError
 from instruct_jax.train import checkpoints
 from instruct_jax.train import losses
 from instruct_jax.train import partitioning
@@ -28,7 +29,7 @@ from instruct_jax.train.state import TrainState
 Batch = Mapping[str, jax.Array]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ActionableError, RuntimeError):
   """Raised when a step produces a NaN/inf loss or gradient; nothing is saved after it."""
 
 

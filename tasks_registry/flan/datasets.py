@@ -653,8 +653,11 @@ def _record_fields(ex):
   # correct option present whatever the source data looks like.
   options, _ = tf.unique(tf.concat([tf.reshape(ex["entities"], [-1]), answers], axis=0))
   query = tf.strings.regex_replace(ex["query"], "@placeholder", "___")
-  return {"passage": passage, "query": query, "options": options,
-          "answer": answers[0], "answers": answers}
+  # Backslashes are the only special characters of an RE2 rewrite string.
+  answer_literal = tf.strings.regex_replace(answers[0], r"\\", r"\\\\")
+  filled_query = tf.strings.regex_replace(ex["query"], "@placeholder", answer_literal)
+  return {"passage": passage, "query": query, "filled_query": filled_query,
+          "options": options, "answer": answers[0], "answers": answers}
 
 
 _READING_COMPREHENSION_COMMONSENSE = [
@@ -669,7 +672,7 @@ _READING_COMPREHENSION_COMMONSENSE = [
     DatasetSpec(
         name="record",
         sources=_single("super_glue/record:1.0.2", _splits(_CAPPED_TRAIN, "validation")),
-        fields=("passage", "query"),
+        fields=("passage", "query", "filled_query"),
         to_fields=_record_fields,
         options_per_example=True,
         metric="accuracy",

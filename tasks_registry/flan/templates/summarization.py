@@ -1,0 +1,173 @@
+"""Summarization templates (our wording). AG News's options are appended automatically."""
+from instruct_jax.data.templates import Template
+
+TEMPLATES = {
+    "aeslc": (
+        Template("{email}\n\nWrite a subject line for this email."),
+        Template("What is a good subject for the following email?\n\n{email}"),
+        Template("Email body: {email}\n\nSubject line:"),
+        Template("Write a short subject line that sums up this message.\n\n{email}"),
+        Template("{email}\n\nGive this email a title."),
+        Template("Here is an email. Suggest its subject.\n\n{email}"),
+        Template("Summarize the email below in a few words, as a subject line.\n\n{email}"),
+        Template("What would you put in the subject field of this email? {email}"),
+        Template("Write an email with the subject line: {answer}", "{email}",
+                 turned_around=True),
+        Template("Subject: {answer}\n\nWrite the body of this email.", "{email}",
+                 turned_around=True),
+    ),
+    "multi_news": (
+        Template("{articles}\n\nWrite a summary of the news articles above."),
+        Template("Summarize these news reports into one text.\n\n{articles}"),
+        Template("Here are several articles about the same event:\n\n{articles}\n\nSummary:"),
+        Template("Write a brief overview that combines the following news stories.\n\n"
+                 "{articles}"),
+        Template("{articles}\n\nWhat is the news story, in short?"),
+        Template("Condense these articles into a single summary.\n\n{articles}"),
+        Template("Read these reports and write what happened.\n\n{articles}"),
+        Template("Articles:\n{articles}\n\nTL;DR:"),
+        Template("Write a news article based on this summary: {answer}", "{articles}",
+                 turned_around=True),
+        Template("Summary: {answer}\n\nWrite the full news coverage behind this summary.",
+                 "{articles}", turned_around=True),
+    ),
+    "samsum": (
+        Template("{dialogue}\n\nBriefly summarize this dialogue."),
+        Template("Summarize the conversation below.\n\n{dialogue}"),
+        Template("Chat:\n{dialogue}\n\nWhat was this chat about?"),
+        Template("Write a short summary of the messages.\n\n{dialogue}"),
+        Template("{dialogue}\n\nSummary:"),
+        Template("Here is a messenger conversation.\n\n{dialogue}\n\nSum it up in one or two "
+                 "sentences."),
+        Template("What did the people in this conversation agree on or talk about?\n\n"
+                 "{dialogue}"),
+        Template("Give the gist of this dialogue: {dialogue}"),
+        Template("Write a dialogue that fits this summary: {answer}", "{dialogue}",
+                 turned_around=True),
+        Template("Summary: {answer}\n\nWrite the chat messages it summarizes.", "{dialogue}",
+                 turned_around=True),
+    ),
+    "ag_news_subset": (
+        Template("{title}\n\n{text}\n\nWhat is this news article about?"),
+        Template("Which topic is this article about?\n\n{text}"),
+        Template("Headline: {title}\nArticle: {text}\n\nPick the section of the newspaper."),
+        Template("Classify this news story by topic.\n\n{title}. {text}"),
+        Template("{text}\n\nIs this story about world news, sports, business or science and "
+                 "technology?"),
+        Template("Choose the category of the following article.\n\n{title}\n{text}"),
+        Template("News snippet: {text}\n\nTopic?"),
+        Template("\"{title}\" What category does this headline belong to?"),
+        Template("Write a news headline for the {answer} section.", "{title}",
+                 turned_around=True),
+        Template("Write the opening of a news article in the {answer} section, titled "
+                 "\"{title}\".", "{text}", turned_around=True),
+    ),
+    "newsroom": (
+        Template("{document}\n\nWrite a summary of this article."),
+        Template("Article titled \"{title}\":\n\n{document}\n\nSummarize it."),
+        Template("Summarize the news article below.\n\n{document}"),
+        Template("{title}\n\n{document}\n\nWhat is the article about, in a few sentences?"),
+        Template("Write a short description of this story.\n\n{document}"),
+        Template("Read the article and write a brief summary.\n\nTitle: {title}\n\n"
+                 "{document}"),
+        Template("Article: {document}\n\nSummary:"),
+        Template("{document}\n\nGive me the highlights."),
+        Template("Write a news article with the title \"{title}\" and this summary: {answer}",
+                 "{document}", turned_around=True),
+        Template("Summary: {answer}\n\nWrite a headline for the article.", "{title}",
+                 turned_around=True),
+    ),
+    "wiki_lingua": (
+        Template("{document}\n\nSummarize the how-to guide above."),
+        Template("What are the main steps described here?\n\n{document}"),
+        Template("Write a summary of these instructions.\n\n{document}"),
+        Template("How-to text: {document}\n\nSummary:"),
+        Template("{document}\n\nSum up the advice in a few sentences."),
+        Template("Condense this WikiHow article into its key steps.\n\n{document}"),
+        Template("Read the guide and write a short version of it.\n\n{document}"),
+        Template("Give a brief overview of the following instructions: {document}"),
+        Template("Write a how-to article from this summary: {answer}", "{document}",
+                 turned_around=True),
+        Template("Expand these summarized steps into a detailed guide.\n\n{answer}",
+                 "{document}", turned_around=True),
+    ),
+    "cnn_dailymail": (
+        Template("{document}\n\nWrite highlights for this article."),
+        Template("Summarize the following news article in a few bullet-like sentences.\n\n"
+                 "{document}"),
+        Template("Article: {document}\n\nHighlights:"),
+        Template("{document}\n\nWhat are the key points of the story?"),
+        Template("Write a brief summary of the news below.\n\n{document}"),
+        Template("Read the article and list its main points.\n\n{document}"),
+        Template("Give me the short version of this news story: {document}"),
+        Template("{document}\n\nSummarize."),
+        Template("Write a news article based on these highlights.\n\n{answer}",
+                 "{document}", turned_around=True),
+        Template("Highlights: {answer}\n\nWrite the full story.", "{document}",
+                 turned_around=True),
+    ),
+    "opinion_abstracts_idebate": (
+        Template("Debate: {topic}\n\nArguments:\n{arguments}\n\nWhat claim do these arguments "
+                 "support?"),
+        Template("{arguments}\n\nSummarize the point these arguments make about \"{topic}\"."),
+        Template("Write the main claim behind the following argument on {topic}.\n\n"
+                 "{arguments}"),
+        Template("Topic: {topic}\n{arguments}\n\nClaim:"),
+        Template("Here are sentences from a debate about {topic}:\n{arguments}\n\nState their "
+                 "conclusion in one sentence."),
+        Template("What is the thesis of this argument?\n\n{arguments}"),
+        Template("Read the argument and write a one-sentence summary.\n\nDebate: {topic}\n"
+                 "{arguments}"),
+        Template("{arguments}\n\nIn short, what is being argued?"),
+        Template("Debate topic: {topic}\nClaim: {answer}\n\nWrite arguments that support the "
+                 "claim.", "{arguments}", turned_around=True),
+        Template("Write a debate motion that this claim belongs to: {answer}", "{topic}",
+                 turned_around=True),
+    ),
+    "opinion_abstracts_movies": (
+        Template("Critic reviews of {movie}:\n{reviews}\n\nWrite the critics' consensus."),
+        Template("{reviews}\n\nSummarize what critics think of {movie}."),
+        Template("Movie: {movie}\nReviews:\n{reviews}\n\nConsensus:"),
+        Template("Here is what several critics said about {movie}:\n{reviews}\n\nSum up their "
+                 "opinion in one sentence."),
+        Template("Write a one-sentence verdict on {movie} based on these reviews.\n\n"
+                 "{reviews}"),
+        Template("{reviews}\n\nWhat is the overall critical opinion?"),
+        Template("Combine the following reviews of {movie} into a short consensus.\n\n"
+                 "{reviews}"),
+        Template("Read these critic quotes and summarize them.\n\n{reviews}"),
+        Template("The critics' consensus on {movie} is: \"{answer}\"\n\nWrite some critic "
+                 "reviews that fit it.", "{reviews}", turned_around=True),
+        Template("Which movie might this critics' consensus be about? {answer}", "{movie}",
+                 turned_around=True),
+    ),
+    "gigaword": (
+        Template("{document}\n\nWrite a headline for this text."),
+        Template("Generate a short title for the following sentence.\n\n{document}"),
+        Template("Text: {document}\nHeadline:"),
+        Template("Summarize this news sentence in a few words.\n\n{document}"),
+        Template("{document}\n\nWhat would be a good headline?"),
+        Template("Write a brief headline that captures this: {document}"),
+        Template("Here is the first sentence of a news story: {document}\n\nGive it a title."),
+        Template("Shorten this into a headline: {document}"),
+        Template("Write the first sentence of a news article with the headline: {answer}",
+                 "{document}", turned_around=True),
+        Template("Headline: {answer}\n\nWrite the opening line of the story.", "{document}",
+                 turned_around=True),
+    ),
+    "xsum": (
+        Template("{document}\n\nSummarize this article in one sentence."),
+        Template("What is the article about? Answer in one sentence.\n\n{document}"),
+        Template("Article: {document}\n\nOne-sentence summary:"),
+        Template("Write a single-sentence summary of the following BBC article.\n\n"
+                 "{document}"),
+        Template("{document}\n\nTL;DR in one line:"),
+        Template("Read this and give me the gist in one sentence.\n\n{document}"),
+        Template("Condense the news story below to a single sentence.\n\n{document}"),
+        Template("Here is a news article: {document}\n\nWhat happened?"),
+        Template("Write a news article that could be summarized as: {answer}", "{document}",
+                 turned_around=True),
+        Template("One-sentence summary: {answer}\n\nWrite the full article.", "{document}",
+                 turned_around=True),
+    ),
+}
