@@ -288,13 +288,15 @@ def train(*,
           initial_checkpoint_path: Optional[str] = None,
           num_microbatches: Optional[int] = None,
           log_period: int = 10,
-          infer_eval_fn: Optional[Callable[[Any, int], Mapping[str, float]]] = None
+          infer_eval_fn: Optional[Callable[["Trainer", Any, int], Mapping[str, float]]] = None
          ) -> TrainState:
   """Trains `model` on a seqio task/mixture until `total_steps`, resuming if possible.
 
   Restore precedence: the latest checkpoint in `model_dir` (full state and data
   position), else `initial_checkpoint_path` (params only, step 0), else fresh
-  parameters from `random_seed`.
+  parameters from `random_seed`. Every `eval_period` steps it runs teacher-forced
+  eval on `train_eval_dataset_cfg` and calls `infer_eval_fn(trainer, params, step)`
+  (decoding / scoring evaluation), logging the scalars each returns.
   """
   for cfg in (train_dataset_cfg, train_eval_dataset_cfg):
     if cfg is not None and cfg.module:
@@ -355,7 +357,7 @@ def train(*,
             scalars.update(run_train_eval(trainer, state.params, train_eval_dataset_cfg,
                                           eval_feature_converter))
           if infer_eval_fn is not None:
-            scalars.update(infer_eval_fn(state.params, step))
+            scalars.update(infer_eval_fn(trainer, state.params, step))
           if scalars:
             reporter.write(step, scalars)
             reporter.print_eval(step, scalars)
