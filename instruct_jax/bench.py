@@ -123,12 +123,13 @@ def run(args) -> None:
   """`instruct-jax bench`: the model gin must already be parsed (it defines MODEL)."""
   if not args.gin_file:
     raise UsageError("bench needs a model gin, e.g. --gin_file=models/t5_1_1/base.gin.")
-  gin.parse_config([
-      "from __gin__ import dynamic_registration",
-      "from instruct_jax import bench",
-      "bench.benchmark_train_step.model = %MODEL",
-      "bench.benchmark_train_step.optimizer = %OPTIMIZER",
-  ])
+  with gin.unlock_config():
+    gin.parse_config([
+        "from __gin__ import dynamic_registration",
+        "from instruct_jax import bench",
+        "bench.benchmark_train_step.model = %MODEL",
+        "bench.benchmark_train_step.optimizer = %OPTIMIZER",
+    ])
   results = gin.get_configurable(benchmark_train_step)(
       batch_size=args.batch_size, input_length=args.input_length,
       target_length=args.target_length, steps=args.steps,

@@ -99,3 +99,18 @@ def test_unknown_task_fails_before_training(tmp_path):
         optimizer=optax.sgd(1.0), model_dir=str(tmp_path), total_steps=1,
         partitioner=partitioning.Partitioner())
   assert not os.path.exists(tmp_path / "checkpoint_1")
+
+
+def test_initial_checkpoint_params_then_resume_precedence(tmp_path):
+  pretrained = _train(tmp_path / "pretrained", total_steps=2)
+  # A fresh MODEL_DIR starts from the pretrained params at step 0 (no updates yet).
+  finetuned = _train(tmp_path / "finetune", total_steps=0,
+                     initial_checkpoint_path=str(tmp_path / "pretrained"))
+  assert int(finetuned.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(pretrained.params),
+               jax.device_get(finetuned.params))
+  # Once MODEL_DIR has its own checkpoint, that wins over INITIAL_CHECKPOINT_PATH.
+  _train(tmp_path / "finetune", total_steps=3, initial_checkpoint_path=str(tmp_path / "pretrained"))
+  resumed = _train(tmp_path / "finetune", total_steps=4,
+                   initial_checkpoint_path=str(tmp_path / "pretrained"))
+  assert int(resumed.step) == 4
