@@ -111,6 +111,8 @@ def initialize_multihost(coordinator_address: Optional[str], num_processes: Opti
 
 def keep_tensorflow_off_accelerators() -> None:
   """seqio's tf.data input runs on the host; TF must not grab GPU memory JAX needs."""
+  if not glob.glob("/dev/nvidia[0-9]*"):
+    return  # Asking TF about GPUs on a machine without any only logs CUDA errors.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
 

@@ -12,15 +12,31 @@ orbax's own machinery does the hard parts: it is written into the same temporary
 directory as the TrainState, becomes visible only when the whole step is committed,
 and is deleted together with it when `keep` prunes old steps. A step directory
 therefore never holds a TrainState from one step and a data position from another.
+
+Params-only loading (`load_params`, for INITIAL_CHECKPOINT_PATH) reads every
+checkpoint format this project understands, detected in
+`detect_checkpoint_format`: our own, t5x's legacy msgpack + tensorstore and
+orbax layouts (the released T5 / Flan-T5 checkpoints), and Hugging Face T5
+safetensors. `load_adafactor_state` optionally carries t5x's Adafactor
+statistics over into a fresh optimizer state.
 """
+import collections
+from collections.abc import Mapping
 import dataclasses
+import re
 from typing import Any, Optional
 
 from absl import logging
 from etils import epath
+from flax import traverse_util
 import jax
+import ml_dtypes
+import numpy as np
+import optax
 import orbax.checkpoint as ocp
 
+from instruct_jax.interop import hf
+from instruct_jax.interop import t5x
 from instruct_jax.train.state import TrainState
 
 STEP_PREFIX = "checkpoint"
@@ -287,69 +303,175 @@ class Checkpointer:
 
 
 # ---------------------------------------------------------------------------
-# Params-only loading (INITIAL_CHECKPOINT_PATH).
+# Params-only loading (INITIAL_CHECKPOINT_PATH) from every supported format.
 # ---------------------------------------------------------------------------
 
 
 ORBAX_TRAIN_STATE = "instruct_jax orbax TrainState"
+T5X_LEGACY = "t5x msgpack + tensorstore"
+T5X_ORBAX = "t5x orbax"
+HF_SAFETENSORS = "Hugging Face T5 safetensors"
+FORMATS = (ORBAX_TRAIN_STATE, T5X_LEGACY, T5X_ORBAX, HF_SAFETENSORS)
+
+# The top-level key holding the params in each orbax-based format.
+_PARAMS_KEY = {ORBAX_TRAIN_STATE: "params", T5X_ORBAX: "target"}
+_STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
+# Host memory allowed for slices read but not yet placed on devices, when loading
+# arrays that are not orbax-managed (t5x legacy, Hugging Face).
+_READ_WINDOW_BYTES = 2 * 2**30
 
 
 def detect_checkpoint_format(path: str) -> tuple[str, epath.Path]:
   """Works out what `path` points to; the one place that knows checkpoint layouts.
 
-  Returns (format name, directory to read). Understood today:
-    * a checkpoint_<step> directory written by `Checkpointer` -> its `state` item;
-    * a MODEL_DIR holding such directories -> the newest finished step's `state`.
-  New formats (t5x msgpack, t5x zarr) add a branch here and a reader in load_params.
+  Returns (format name, location to read). Understood:
+    * ORBAX_TRAIN_STATE: a checkpoint_<step> directory written by `Checkpointer`
+      (or by `save_params`, e.g. `instruct-jax convert`) -> its `state` item;
+    * T5X_ORBAX: a t5x checkpoint_<step> directory in orbax layout -> its `state`;
+    * T5X_LEGACY: a t5x checkpoint_<step> directory holding the msgpack file
+      `checkpoint` (or that file itself) -> the directory;
+    * HF_SAFETENSORS: a Hugging Face T5 directory (config.json + safetensors);
+    * a MODEL_DIR holding checkpoint_<step> directories of any of the above ->
+      the newest finished step.
   """
   root = epath.Path(path)
   if not root.exists():
     raise FileNotFoundError(f"Checkpoint path {root} does not exist.")
-  if (root / STATE_ITEM / _PYTREE_METADATA_FILE).exists():
+  found = _detect_step_dir(root)
+  if found is not None:
+    return found
+  for step_dir in _step_dirs_newest_first(root):
+    try:
+      found = _detect_step_dir(step_dir)
+    except FileNotFoundError:  # An unfinished orbax save; an older step may do.
+      continue
+    if found is not None:
+      return found
+  raise FileNotFoundError(
+      f"Found no checkpoint I can read at {root}. Expected one of: a MODEL_DIR with "
+      f"finished {STEP_PREFIX}_<step>/ directories; one such directory (instruct_jax or "
+      "t5x, orbax or legacy msgpack + tensorstore); or a Hugging Face T5 directory with "
+      "config.json and model.safetensors. Unfinished saves (*.orbax-checkpoint-tmp-*) "
+      "are ignored.")
+
+
+def _detect_step_dir(root: epath.Path) -> Optional[tuple[str, epath.Path]]:
+  """The format of a single checkpoint directory, or None if it is not one."""
+  if root.name == t5x.CHECKPOINT_FILE and root.is_file():
+    return T5X_LEGACY, root.parent
+  if not root.is_dir():
+    return None
+  if hf.is_hf_checkpoint(str(root)):
+    return HF_SAFETENSORS, root
+  if t5x.is_legacy_checkpoint(str(root)):
+    return T5X_LEGACY, root
+  state_dir = root / STATE_ITEM
+  if (state_dir / _PYTREE_METADATA_FILE).exists() or (state_dir / t5x.CHECKPOINT_FILE).exists():
     if not ocp.path.step.is_path_finalized(root):
       raise FileNotFoundError(
           f"{root} is a checkpoint that was never finished (its save was interrupted); "
           "pass a finished checkpoint_<step> directory or the MODEL_DIR.")
-    return ORBAX_TRAIN_STATE, root / STATE_ITEM
-  name_format = ocp.path.step.standard_name_format(step_prefix=STEP_PREFIX)
-  latest = ocp.path.step.latest_step_metadata(root, name_format)
-  if latest is not None and (latest.path / STATE_ITEM / _PYTREE_METADATA_FILE).exists():
-    return ORBAX_TRAIN_STATE, latest.path / STATE_ITEM
-  raise FileNotFoundError(
-      f"Found no checkpoint I can read at {root}. Expected either a MODEL_DIR with "
-      f"finished {STEP_PREFIX}_<step>/ directories, or one such directory, written by "
-      "instruct_jax's Checkpointer. Unfinished saves (*.orbax-checkpoint-tmp-*) are "
-      "ignored.")
+    keys = set(_saved_tree(state_dir))
+    if "params" in keys:
+      return ORBAX_TRAIN_STATE, state_dir
+    if "target" in keys:
+      return T5X_ORBAX, state_dir
+    raise ValueError(
+        f"{state_dir} is an orbax checkpoint but neither an instruct_jax TrainState (key "
+        f"'params') nor a t5x train state (key 'target'); its top-level keys are "
+        f"{sorted(keys)}.")
+  return None
+
+
+def _step_dirs_newest_first(root: epath.Path) -> list[epath.Path]:
+  steps = []
+  for child in root.iterdir():
+    match = _STEP_DIR.match(child.name)
+    if match and child.is_dir():
+      steps.append((int(match.group(1)), child))
+  return [child for _, child in sorted(steps, key=lambda s: s[0], reverse=True)]
 
 
 def load_params(path: str, abstract_params: Any) -> Any:
   """Loads only the params of a checkpoint, onto the shardings in `abstract_params`.
 
-  For fine-tuning from INITIAL_CHECKPOINT_PATH: the optimizer state and step in the
-  checkpoint are not read, so the new run may use another optimizer. `path` is a
-  MODEL_DIR (newest step is used) or a checkpoint_<step> directory. Raises one
-  ValueError listing every missing, unexpected and wrong-shaped parameter.
+  For fine-tuning from INITIAL_CHECKPOINT_PATH: optimizer state and step are not
+  read, so the new run may use another optimizer. `path` may be any format
+  `detect_checkpoint_format` understands (ours, t5x legacy or orbax, Hugging
+  Face T5). Arrays are cast to the dtypes of `abstract_params` (float32).
+  Raises one ValueError listing every missing, unexpected and wrong-shaped
+  parameter.
   """
   fmt, location = detect_checkpoint_format(path)
-  if fmt == ORBAX_TRAIN_STATE:
-    return _load_params_from_train_state(location, abstract_params)
-  raise NotImplementedError(f"Loading params from a {fmt} checkpoint is not supported.")
+  if fmt in _PARAMS_KEY:
+    params = _load_orbax_subtree(location, _PARAMS_KEY[fmt], abstract_params, fmt)
+  elif fmt == T5X_LEGACY:
+    source = t5x.LegacyCheckpoint(str(location)).target
+    params = _place_on_devices(source, abstract_params, location, fmt)
+  elif fmt == HF_SAFETENSORS:
+    _, source, _ = hf.load_hf_checkpoint(str(location))
+    params = _place_on_devices(source, abstract_params, location, fmt)
+  else:  # pragma: no cover - detect_checkpoint_format returns only known formats.
+    raise NotImplementedError(f"Loading params from a {fmt} checkpoint is not supported.")
+  logging.info("Loaded params (%s) from %s.", fmt, location)
+  return params
 
 
-def _load_params_from_train_state(state_dir: epath.Path, abstract_params: Any) -> Any:
+def read_params(path: str) -> tuple[str, dict[str, Any]]:
+  """(format, params as host numpy arrays in their stored dtype) of any checkpoint.
+
+  Unsharded and whole, for offline conversion (`instruct-jax convert`); training
+  uses `load_params`, which reads straight onto the device shardings.
+  """
+  fmt, location = detect_checkpoint_format(path)
+  if fmt in _PARAMS_KEY:
+    key = _PARAMS_KEY[fmt]
+    saved = _saved_tree(location)[key]
+    item = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    with ocp.PyTreeCheckpointer() as reader:
+      restored = reader.restore(location, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args, partial_restore=True))
+    return fmt, restored[key]
+  if fmt == T5X_LEGACY:
+    target = t5x.LegacyCheckpoint(str(location)).target
+    return fmt, jax.tree.map(np.asarray, target)
+  _, params, _ = hf.load_hf_checkpoint(str(location))
+  return fmt, params
+
+
+def save_params(directory: str, params: Any) -> None:
+  """Writes a params-only checkpoint directory that `load_params` reads (our format).
+
+  Same layout as a Checkpointer step (directory/state holding {'params': ...}),
+  committed atomically by orbax; used for converted checkpoints.
+  """
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as writer:
+    writer.save(epath.Path(directory),
+                args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave({"params": params})}))
+
+
+def _mismatch_error(location: Any, problems: list[str], fmt: str) -> ValueError:
+  hint = ("Check that the model gin config (sizes, logits_via_embedding, mlp_activations, "
+          "number of layers) matches the checkpoint's model.")
+  if fmt == HF_SAFETENSORS:
+    hint += (" `instruct-jax convert --from hf` writes the matching model gin next to the "
+             "converted checkpoint.")
+  return ValueError(f"The params in {location} ({fmt}) do not match the model being "
+                    "initialised:\n" + "\n".join(problems) + "\n" + hint)
+
+
+def _load_orbax_subtree(state_dir: epath.Path, key: str, abstract_params: Any,
+                        fmt: str) -> Any:
   saved = _saved_tree(state_dir)
-  if "params" not in saved:
+  if key not in saved:
     raise ValueError(
-        f"{state_dir} holds no 'params' subtree (top-level keys: {sorted(saved)}); "
-        "it was not written by instruct_jax's Checkpointer.")
-  problems = _tree_mismatches(abstract_params, saved["params"])
+        f"{state_dir} holds no '{key}' subtree (top-level keys: {sorted(saved)}).")
+  problems = _tree_mismatches(abstract_params, saved[key])
   if problems:
-    raise ValueError(
-        f"The params in {state_dir} do not match the model being initialised:\n"
-        + "\n".join(problems) + "\nCheck that the model gin config (sizes, "
-        "logits_via_embedding, number of layers) matches the checkpoint's model.")
-  target = {"params": _with_target_shardings(abstract_params)}
-  # partial_restore: read the params subtree only; opt_state and step stay on disk.
+    raise _mismatch_error(state_dir, problems, fmt)
+  target = {key: _with_target_shardings(abstract_params)}
+  # partial_restore: read the params subtree only; optimizer state and step stay on disk.
   with ocp.PyTreeCheckpointer() as reader:
     restored = reader.restore(
         state_dir,
@@ -359,5 +481,172 @@ def _load_params_from_train_state(state_dir: epath.Path, abstract_params: Any) -
             partial_restore=True,
         ),
     )
-  logging.info("Loaded params from %s.", state_dir)
-  return restored["params"]
+  return restored[key]
+
+
+def _place_on_devices(source: Any, abstract_params: Any, location: Any, fmt: str) -> Any:
+  """Host arrays (numpy or t5x.LazyArray) -> jax.Arrays laid out like `abstract_params`.
+
+  Each process reads only the slices its own devices hold, each distinct slice
+  once, with reads in flight concurrently up to a bounded number of bytes.
+  """
+  problems = _tree_mismatches(abstract_params, source)
+  if problems:
+    raise _mismatch_error(location, problems, fmt)
+  targets = jax.tree.leaves(_with_target_shardings(abstract_params))
+  sources = jax.tree.leaves(
+      jax.tree.map(lambda _, s: s, abstract_params, source,
+                   is_leaf=lambda x: isinstance(x, t5x.LazyArray)),
+      is_leaf=lambda x: isinstance(x, t5x.LazyArray))
+
+  def start_reads(src, target):
+    index_map = target.sharding.addressable_devices_indices_map(target.shape)
+    reads = {}
+    for index in index_map.values():
+      key = _index_key(index, target.shape)
+      if key not in reads:
+        reads[key] = (src.read_async(index) if isinstance(src, t5x.LazyArray)
+                      else np.asarray(src)[index])
+    return reads
+
+  def finish(reads, target):
+    values = {}
+    for key, value in reads.items():
+      value = value.result() if hasattr(value, "result") else value
+      value = np.asarray(value)
+      if value.dtype == np.uint16 and target.dtype != np.uint16:
+        value = value.view(ml_dtypes.bfloat16)  # t5x format < 3 (see t5x.LazyArray).
+      values[key] = value.astype(target.dtype, copy=False)
+    return jax.make_array_from_callback(
+        target.shape, target.sharding, lambda index: values[_index_key(index, target.shape)])
+
+  results = [None] * len(targets)
+  pending, pending_bytes = collections.deque(), 0
+  for i, (src, target) in enumerate(zip(sources, targets)):
+    pending.append((i, start_reads(src, target)))
+    pending_bytes += int(np.prod(target.shape)) * np.dtype(target.dtype).itemsize
+    while pending and pending_bytes > _READ_WINDOW_BYTES:
+      j, reads = pending.popleft()
+      results[j] = finish(reads, targets[j])
+      pending_bytes -= int(np.prod(targets[j].shape)) * np.dtype(targets[j].dtype).itemsize
+  while pending:
+    j, reads = pending.popleft()
+    results[j] = finish(reads, targets[j])
+  return jax.tree.unflatten(jax.tree.structure(abstract_params), results)
+
+
+def _index_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+  """A hashable, normalised form of a device's slice of an array."""
+  return tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+
+
+# ---------------------------------------------------------------------------
+# Carrying Adafactor statistics over from a t5x checkpoint.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AdafactorCarryOver:
+  """What `load_adafactor_state` took from the checkpoint, and what it left fresh."""
+  step: Optional[int]
+  carried: tuple[str, ...]
+  skipped: tuple[str, ...]
+
+  def summary(self) -> str:
+    lines = [f"Adafactor statistics carried over for {len(self.carried)} params"
+             + (f" (second-moment decay continues from step {self.step})"
+                if self.step is not None else "")
+             + f"; {len(self.skipped)} kept fresh."]
+    lines += [f"  fresh: {reason}" for reason in self.skipped]
+    return "\n".join(lines)
+
+
+_ADAFACTOR_FIELDS = ("v_row", "v_col", "v")
+
+
+def load_adafactor_state(path: str, opt_state: Any, carry_count: bool = True
+                         ) -> tuple[Any, AdafactorCarryOver]:
+  """`opt_state` with its Adafactor v_row / v_col / v taken from a t5x checkpoint.
+
+  For fine-tuning from a released t5x checkpoint while keeping its second-moment
+  statistics, as t5x does when it restores a full optimizer. `opt_state` is the
+  fresh state of this run's optimizer (optimizers.adafactor or
+  optax.adafactor), e.g. `trainer.state_from_params(params).opt_state`; each
+  statistic is copied when the checkpoint has it with the same shape (t5x and
+  optax factor a 2-D parameter the same way), onto the same sharding, and left
+  fresh otherwise (listed in the returned report). With `carry_count`, the
+  FactoredState's count becomes the checkpoint's step, so the decay
+  1 - (step + 1)^-0.8 continues where pretraining stopped instead of restarting
+  at 0 (which would overwrite the statistics at the first update); the
+  learning-rate schedule's own count is untouched.
+  """
+  from instruct_jax.train import optimizers  # pylint: disable=g-import-not-at-top
+  fmt, location = detect_checkpoint_format(path)
+  if fmt == T5X_LEGACY:
+    checkpoint = t5x.LegacyCheckpoint(str(location))
+    param_states, step = checkpoint.param_states, checkpoint.step
+  elif fmt == T5X_ORBAX:
+    param_states, step = _read_t5x_orbax_state(location)
+  else:
+    raise ValueError(
+        f"{location} is a {fmt} checkpoint; Adafactor statistics can be carried over from "
+        f"t5x checkpoints ({T5X_LEGACY} or {T5X_ORBAX}). To continue one of our own runs "
+        "with its optimizer state, resume it from its MODEL_DIR instead.")
+
+  factored = optimizers.factored_state(opt_state)
+  flat_states = {"/".join(k): v for k, v in traverse_util.flatten_dict(
+      param_states, is_leaf=lambda _, node: _is_param_state(node)).items()
+                 if _is_param_state(v)}
+  carried, skipped = [], []
+  new_fields = {}
+  for field in _ADAFACTOR_FIELDS:
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(getattr(factored, field))
+    new_leaves = []
+    for key_path, leaf in leaves_with_path:
+      name = jax.tree_util.keystr(key_path, simple=True, separator="/")
+      source = flat_states.get(name, {}).get(field)
+      in_use = tuple(leaf.shape) != (1,)
+      if source is not None and tuple(source.shape) == tuple(leaf.shape):
+        value = np.asarray(source).astype(leaf.dtype)
+        sharding = getattr(leaf, "sharding", None)
+        new_leaves.append(jax.device_put(value, sharding) if sharding is not None else value)
+        if in_use:
+          carried.append(f"{name}: {field}")
+      else:
+        new_leaves.append(leaf)
+        if in_use:
+          reason = ("not in the checkpoint" if source is None else
+                    f"checkpoint shape {tuple(source.shape)} != {tuple(leaf.shape)}")
+          skipped.append(f"{name}: {field} ({reason})")
+    new_fields[field] = jax.tree.unflatten(treedef, new_leaves)
+  if carry_count and step is not None:
+    count = factored.count
+    value = np.asarray(step, dtype=count.dtype)
+    new_fields["count"] = (jax.device_put(value, count.sharding)
+                           if getattr(count, "sharding", None) is not None else value)
+  replacement = factored._replace(**new_fields)
+  new_state = jax.tree.map(
+      lambda node: replacement if isinstance(node, optax.FactoredState) else node,
+      opt_state, is_leaf=lambda node: isinstance(node, optax.FactoredState))
+  report = AdafactorCarryOver(step=step if carry_count else None, carried=tuple(carried),
+                              skipped=tuple(skipped))
+  logging.info("%s", report.summary())
+  return new_state, report
+
+
+def _is_param_state(node: Any) -> bool:
+  return isinstance(node, Mapping) and any(f in node for f in _ADAFACTOR_FIELDS)
+
+
+def _read_t5x_orbax_state(state_dir: epath.Path) -> tuple[dict[str, Any], Optional[int]]:
+  """(param_states as numpy, step) of a t5x orbax checkpoint."""
+  saved = _saved_tree(state_dir)
+  state = saved.get("state") or {}
+  item = {"state": {k: v for k, v in state.items() if k in ("step", "param_states")}}
+  item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), item)
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  with ocp.PyTreeCheckpointer() as reader:
+    restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))["state"]
+  step = restored.get("step")
+  return restored.get("param_states") or {}, (None if step is None else int(np.asarray(step)))
