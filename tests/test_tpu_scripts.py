@@ -732,23 +732,3 @@ def test_batch_script_brings_up_jax_distributed_across_processes(tmp_path):
   for rank in range(2):
     record = json.loads((tmp_path / f"rank{rank}.json").read_text())
     assert record == {"count": 2, "gathered": [1, 2]}
-
-
-@pytest.mark.slow
-def test_batch_script_runs_the_real_cli_smoke_config_on_two_processes(tmp_path):
-  """End to end through `python -m instruct_jax train` once the CLI and smoke.gin exist."""
-  pytest.importorskip("instruct_jax.cli")
-  import gin_configs
-  if not os.path.exists(os.path.join(gin_configs.ROOT, "runs", "smoke.gin")):
-    pytest.skip("gin_configs/runs/smoke.gin not written yet")
-  job = slurm_gpu.SlurmJob(nodes=2, gpus_per_node=1, port=free_port(),
-                           launcher=(sys.executable, "-m", "instruct_jax"))
-  model_dir = tmp_path / "model"
-  result = run_batch_script(tmp_path, job, [
-      "--gin_file=runs/smoke.gin", f"--gin.MODEL_DIR={train_flags.gin_string(str(model_dir))}",
-      "--gin.TRAIN_STEPS=2"], {
-      "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
-      "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-      "PYTHONPATH": str(SCRIPTS.parent)})
-  assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
-  assert model_dir.exists()

@@ -143,9 +143,10 @@ def apply_templates_few_shot(
   """seqio preprocessor: few-shot prompts, exemplars rendered with the query's template.
 
   `exemplars_fn()` gives prepared (`prepare_fields`) exemplar examples, normally
-  the train split; an exemplar equal to the query is never used. The budget is
-  `max_input_tokens`, lowered to the task's input length minus EOS when the
-  pipeline passes one; tokens are counted with the task's input vocabulary.
+  the train split; an exemplar equal to the query (same inputs and target) is
+  never used. The budget is `max_input_tokens`, lowered to the task's input
+  length minus EOS when the pipeline passes one; tokens are counted with the
+  task's input vocabulary.
   Output adds "num_shots" (exemplars kept) to apply_templates's features.
   """
   if num_shots < 1:
@@ -171,7 +172,9 @@ def apply_templates_few_shot(
     query = inputs[index]
     shot_inputs = shots["inputs_all"][:, index]
     shot_targets = shots["targets_all"][:, index]
-    distinct = tf.not_equal(shot_inputs, query)
+    # Inputs alone can coincide (turned-around templates without fields in the inputs).
+    distinct = tf.logical_or(tf.not_equal(shot_inputs, query),
+                             tf.not_equal(shot_targets, targets[index]))
     shot_inputs = tf.boolean_mask(shot_inputs, distinct)[:num_shots]
     shot_targets = tf.boolean_mask(shot_targets, distinct)[:num_shots]
     prompt, kept = templates_lib.assemble_few_shot_tf(
