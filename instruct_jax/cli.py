@@ -33,10 +33,18 @@ _REQUIRED_PARAM = re.compile(r"^(\S+) set to `%gin\.REQUIRED` but not subsequent
 # add_arguments(parser) and run(args); gin files and bindings are parsed before run.
 COMMAND_MODULES = {
     "bench": "instruct_jax.bench",
+    "convert": "instruct_jax.interop.convert",
+    "eval": "instruct_jax.evaluation",
+    "infer": "instruct_jax.inference",
+    "select": "instruct_jax.selection",
 }
 COMMAND_HELP = {
     "train": "Train or fine-tune on a seqio task/mixture (gin: runs/*.gin + models/*.gin).",
     "bench": "Time the train step of a model gin: tokens/s, TFLOP/s, MFU, memory.",
+    "convert": "Convert T5 checkpoints: --from hf|t5x into ours (+ model gin), or --to hf.",
+    "eval": "Evaluate a checkpoint on a seqio task/mixture (gin: runs/eval.gin + a model gin).",
+    "infer": "Predict or score JSON-lines/TSV inputs with a checkpoint (gin: runs/infer.gin).",
+    "select": "Evaluate every checkpoint of a run on held-out tasks and pick the best one.",
 }
 
 

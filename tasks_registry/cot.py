@@ -145,12 +145,16 @@ def _sample_pool(pool: Sequence[cot.MathProblem], index: int, question: str,
   return chosen[:cot.NUM_EXEMPLARS]
 
 
+def _strings(texts: Sequence[str]) -> tf.Tensor:
+  return tf.constant(list(texts), dtype=tf.string, shape=[len(texts)])
+
+
 def _text_dataset(rows: Sequence[tuple[str, str]], answers: Sequence[float]) -> tf.data.Dataset:
   if not rows:
-    raise ValueError("This CoT split has no examples; check the source file or TFDS split.")
+    logging.warning("A CoT task split has no examples (small source file?).")
   return tf.data.Dataset.from_tensor_slices({
-      "inputs": [r[0] for r in rows],
-      "targets": [r[1] for r in rows],
+      "inputs": _strings([r[0] for r in rows]),
+      "targets": _strings([r[1] for r in rows]),
       "answer": np.asarray(answers, np.float32),
   })
 
@@ -346,14 +350,15 @@ def _teacher_records(file_key: tuple[str, int, float]) -> tuple[cot.TeacherRecor
   return tuple(cot.load_teacher_file(file_key[0]))
 
 
-# (file key, vocabulary key, k, band) -> per record: (CoT target ids, TeacherTargets or None)
+# (file key, vocabulary key, k, band, span penalty) -> per record: (CoT target ids, TeacherTargets or None)
 _ALIGNED: dict[Any, list[tuple[list[int], alignment.TeacherTargets | None]]] = {}
 
 
-def _aligned_cot_targets(path: str, vocabulary: seqio.Vocabulary, k: int,
-                         band: int | None) -> list[tuple[list[int], alignment.TeacherTargets | None]]:
+def _aligned_cot_targets(path: str, vocabulary: seqio.Vocabulary, k: int, band: int | None,
+                         span_penalty: bool
+                         ) -> list[tuple[list[int], alignment.TeacherTargets | None]]:
   """CoT target ids and aligned teacher targets of every record, computed once per process."""
-  key = (_file_key(path), _vocabulary_key(vocabulary), k, band)
+  key = (_file_key(path), _vocabulary_key(vocabulary), k, band, span_penalty)
   if key not in _ALIGNED:
     records = _teacher_records(key[0])
     student = alignment.student_vocabulary(vocabulary)
@@ -365,7 +370,8 @@ def _aligned_cot_targets(path: str, vocabulary: seqio.Vocabulary, k: int,
       aligned = None
       if record.teacher_tokens:
         aligned = alignment.teacher_targets(record.teacher_tokens, record.teacher_top_k, ids,
-                                            student, k=k, band=band)
+                                            student, k=k, band=band,
+                                            span_penalty=span_penalty)
       results.append((ids, aligned))
     seconds = time.perf_counter() - start
     matched = [a.matched.mean() for _, a in results if a is not None]
@@ -387,14 +393,15 @@ def _sparse_dataset(inputs: Sequence[str], targets: Sequence[Sequence[int]],
                     teacher: Sequence[alignment.TeacherTargets], answers: Sequence[float],
                     k: int) -> tf.data.Dataset:
   if not inputs:
-    raise ValueError("This teacher split has no examples; the teacher file is too small for "
-                     "the validation fraction, or lacks this split.")
-  lengths = [len(t) for t in targets]
-  flat_ids = np.concatenate([np.asarray(t, np.int32) for t in targets])
-  flat_indices = np.concatenate([t.indices for t in teacher]).reshape(-1, k)
-  flat_probs = np.concatenate([t.probs for t in teacher]).reshape(-1, k)
+    logging.warning("A teacher task split has no examples; the teacher file is small for "
+                    "its validation fraction.")
+  lengths = np.asarray([len(t) for t in targets], np.int64)
+  flat_ids = np.concatenate([np.zeros([0], np.int32)] +
+                            [np.asarray(t, np.int32) for t in targets])
+  flat_indices = np.concatenate([np.zeros([0, k], np.int32)] + [t.indices for t in teacher])
+  flat_probs = np.concatenate([np.zeros([0, k], np.float32)] + [t.probs for t in teacher])
   dataset = tf.data.Dataset.from_tensor_slices({
-      "inputs": list(inputs),
+      "inputs": _strings(inputs),
       "targets": tf.RaggedTensor.from_row_lengths(flat_ids, lengths),
       TEACHER_INDICES: tf.RaggedTensor.from_row_lengths(flat_indices, lengths),
       TEACHER_PROBS: tf.RaggedTensor.from_row_lengths(flat_probs, lengths),
@@ -407,7 +414,7 @@ def _sparse_dataset(inputs: Sequence[str], targets: Sequence[Sequence[int]],
 
 def _teacher_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
                         teacher_file: str, fmt: str, vocabulary: seqio.Vocabulary, k: int,
-                        band: int | None, distill: bool, max_input_tokens: int | None,
+                        band: int | None, span_penalty: bool, distill: bool, max_input_tokens: int | None,
                         validation_fraction: float, exemplar_seed: int) -> tf.data.Dataset:
   del shuffle_files, seed
   records = _teacher_records(_file_key(teacher_file))
@@ -416,7 +423,7 @@ def _teacher_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None
   problems = [records[i].problem for i in chosen]
   rows = format_examples(problems, fmt, vocabulary, max_input_tokens, problems, exemplar_seed)
   if cot.is_cot(fmt):
-    aligned = _aligned_cot_targets(teacher_file, vocabulary, k, band)
+    aligned = _aligned_cot_targets(teacher_file, vocabulary, k, band, span_penalty)
     targets = [aligned[i][0] for i in chosen]
     teacher = [aligned[i][1] if distill and aligned[i][1] is not None
                else alignment.one_hot_targets(aligned[i][0], k) for i in chosen]
@@ -462,6 +469,7 @@ def register_teacher_tasks(teacher_file: str, vocabulary: seqio.Vocabulary = VOC
                            distill_formats: Sequence[str] = cot.COT_FORMATS,
                            top_k: int = alignment.DEFAULT_TOP_K,
                            alignment_band: int | None = alignment.DEFAULT_BAND,
+                           alignment_span_penalty: bool = False,
                            max_input_tokens: int | None = DEFAULT_MAX_INPUT_TOKENS,
                            validation_fraction: float = 0.05,
                            exemplar_seed: int = 0) -> str:
@@ -476,6 +484,8 @@ def register_teacher_tasks(teacher_file: str, vocabulary: seqio.Vocabulary = VOC
       the others get one-hot rows (plain NLL under the distillation loss).
     top_k: slots per position in the sparse teacher features.
     alignment_band: DTW band in characters (None = exact full DP).
+    alignment_span_penalty: the optional alignment refinement (alignment.span_penalties);
+      off follows the recipe exactly.
     max_input_tokens: few-shot prompts drop exemplars to fit this many tokens.
     validation_fraction: share of questions (by hash) in the 'validation' split.
     exemplar_seed: seed of the few-shot exemplar sampling.
@@ -491,7 +501,8 @@ def register_teacher_tasks(teacher_file: str, vocabulary: seqio.Vocabulary = VOC
         source=seqio.FunctionDataSource(
             dataset_fn=functools.partial(
                 _teacher_dataset_fn, teacher_file=teacher_file, fmt=fmt, vocabulary=vocabulary,
-                k=top_k, band=alignment_band, distill=fmt in distill_formats,
+                k=top_k, band=alignment_band, span_penalty=alignment_span_penalty,
+                distill=fmt in distill_formats,
                 max_input_tokens=max_input_tokens, validation_fraction=validation_fraction,
                 exemplar_seed=exemplar_seed),
             splits=("train", "validation")),

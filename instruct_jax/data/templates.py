@@ -231,6 +231,10 @@ def assemble_few_shot_tf(exemplar_inputs: tf.Tensor, exemplar_targets: tf.Tensor
 # Rank classification.
 
 
+_RANK_ROW_FEATURES = frozenset({"inputs", "targets", "options", "answers", "example_id",
+                                "option_index", "is_correct"})
+
+
 def rank_classification_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """seqio preprocessor: each example -> one row per option, for score-based eval.
 
@@ -241,17 +245,23 @@ def rank_classification_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
                         one example, whatever the sharding or order;
     option_index int32  position of the option;
     is_correct   bool   the option is one of the answers.
-  Identical duplicate examples share an id and are scored as one example.
+  Other scalar features (e.g. "template_index") are copied onto every row;
+  other vector features are dropped. Identical duplicate examples share an id
+  and are scored as one example.
   """
   def expand(ex):
     options = ex["options"]
-    answers = ex["answers"] if "answers" in ex else ex["targets"][tf.newaxis]
     num_options = tf.size(options)
+    # Other per-example scalars (e.g. template_index) are copied onto every row.
+    extras = {k: tf.fill([num_options], v) for k, v in ex.items()
+              if k not in _RANK_ROW_FEATURES and v.shape.rank == 0}
+    answers = ex["answers"] if "answers" in ex else ex["targets"][tf.newaxis]
     key = tf.strings.join([ex["inputs"], tf.strings.reduce_join(options, separator="\x1f")],
                           separator="\x1e")
     example_id = tf.strings.to_hash_bucket_fast(key, 2**62)
     is_correct = tf.reduce_any(tf.equal(options[:, tf.newaxis], answers[tf.newaxis, :]), axis=1)
     return {
+        **extras,
         "inputs": tf.fill([num_options], ex["inputs"]),
         "targets": options,
         "example_id": tf.fill([num_options], example_id),
@@ -259,4 +269,6 @@ def rank_classification_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
         "is_correct": is_correct,
     }
 
+  # No Python control flow on tensors inside: skip AutoGraph's conversion.
+  expand = tf.autograph.experimental.do_not_convert(expand)
   return dataset.map(expand, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

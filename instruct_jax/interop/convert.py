@@ -99,15 +99,16 @@ def gin_model(model: Any) -> Any:
   return model
 
 
-def _model_config_from_gin() -> Optional[t5.T5Config]:
+def model_config_from_gin() -> Optional[t5.T5Config]:
   """The T5Config of the parsed model gin's MODEL, or None when no gin defines MODEL."""
   try:
     gin.query_parameter("MODEL/macro.value")
   except ValueError:
     return None
-  gin.parse_config(["from __gin__ import dynamic_registration",
-                    "from instruct_jax.interop import convert",
-                    "convert.gin_model.model = %MODEL"])
+  with gin.unlock_config():  # The CLI locks the config after parsing the files.
+    gin.parse_config(["from __gin__ import dynamic_registration",
+                      "from instruct_jax.interop import convert",
+                      "convert.gin_model.model = %MODEL"])
   model = gin.get_configurable(gin_model)()
   config = getattr(getattr(model, "module", None), "config", None)
   if not isinstance(config, t5.T5Config):
@@ -251,7 +252,7 @@ def run(args) -> None:
           + (f" (T5 v1.1 / Flan-T5 {size}: models/t5_1_1/{size}.gin)." if size else "."),
           flush=True)
     return
-  config = _model_config_from_gin() if args.gin_file else None
+  config = model_config_from_gin() if args.gin_file else None
   convert_to_hf(args.input, args.output, config=config, dtype=args.dtype,
                 max_shard_bytes=int(args.max_shard_gb * 1e9), overwrite=args.overwrite)
   print(f"Wrote Hugging Face T5 checkpoint to {args.output}.", flush=True)

@@ -52,7 +52,9 @@ class DistillationFeatureConverter(seqio.EncDecFeatureConverter):
   """EncDecFeatureConverter that also pads and passes teacher_indices / teacher_probs.
 
   The teacher rows follow the 'targets' length; callers give the usual
-  {"inputs": ..., "targets": ...} task feature lengths. No packing.
+  {"inputs": ..., "targets": ...} task feature lengths. No packing. Datasets
+  without teacher features (evaluation tasks) convert like EncDecFeatureConverter,
+  so the same model evaluates on ordinary tasks.
   """
 
   TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES, **_SPARSE_SPECS}
@@ -68,6 +70,9 @@ class DistillationFeatureConverter(seqio.EncDecFeatureConverter):
 
   def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                ) -> tf.data.Dataset:
+    if not all(name in ds.element_spec for name in _SPARSE_SPECS):
+      # Tasks without a teacher (e.g. evaluation sets) convert as plain seq2seq data.
+      return seqio.EncDecFeatureConverter(pack=False)(ds, task_feature_lengths)
     return super().__call__(ds, self._with_teacher_lengths(task_feature_lengths))
 
   @staticmethod

@@ -494,10 +494,10 @@ def _place_on_devices(source: Any, abstract_params: Any, location: Any, fmt: str
   if problems:
     raise _mismatch_error(location, problems, fmt)
   targets = jax.tree.leaves(_with_target_shardings(abstract_params))
-  sources = jax.tree.leaves(
-      jax.tree.map(lambda _, s: s, abstract_params, source,
-                   is_leaf=lambda x: isinstance(x, t5x.LazyArray)),
-      is_leaf=lambda x: isinstance(x, t5x.LazyArray))
+  by_name = {_key_name(path): leaf
+             for path, leaf in jax.tree_util.tree_flatten_with_path(source)[0]}
+  sources = [by_name[_key_name(path)]
+             for path, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
 
   def start_reads(src, target):
     index_map = target.sharding.addressable_devices_indices_map(target.shape)
@@ -533,6 +533,10 @@ def _place_on_devices(source: Any, abstract_params: Any, location: Any, fmt: str
     j, reads = pending.popleft()
     results[j] = finish(reads, targets[j])
   return jax.tree.unflatten(jax.tree.structure(abstract_params), results)
+
+
+def _key_name(path) -> str:
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _index_key(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:

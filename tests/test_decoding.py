@@ -1,0 +1,329 @@
+"""Decoding: cached == uncached, greedy == teacher-forced argmax, beam search, sampling, mesh."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+
+from instruct_jax import decoding
+from instruct_jax.models import decoder
+from instruct_jax.models import model as models
+from instruct_jax.models import t5
+from instruct_jax.train import partitioning
+
+VOCAB = 384
+TINY = dict(vocab_size=VOCAB, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64, dtype="float32")
+ROWS, INPUT_LENGTH, TARGET_LENGTH = 4, 8, 6
+DECODER_LENGTH = 12
+
+# Tiny graphs: XLA's backend optimisations cost more compile time than they save here.
+_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _shift_right(targets):
+  return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)
+
+
+def _init(model, batch, seed=0):
+  shapes = {k: v.shape for k, v in batch.items()}
+  init = _jit(functools.partial(model.init_params, input_shapes=shapes))
+  return nn.meta.unbox(init(jax.random.PRNGKey(seed)))
+
+
+def _predict(model, params, batch, cfg, rng=None):
+  fn = _jit(lambda p, b, r: model.predict_batch(p, b, cfg, r))
+  tokens, scores = fn(params, batch, jax.random.PRNGKey(0) if rng is None else rng)
+  return np.asarray(tokens), np.asarray(scores)
+
+
+def _t5():
+  module = t5.Transformer(t5.T5Config(num_encoder_layers=2, num_decoder_layers=2, **TINY))
+  return models.EncoderDecoderModel(module, seqio.ByteVocabulary(), seqio.ByteVocabulary())
+
+
+def _encdec_batch(seed=0):
+  rng = np.random.RandomState(seed)
+  inputs = rng.randint(3, 259, (ROWS, INPUT_LENGTH)).astype(np.int32)
+  inputs[1, 5:] = 0
+  inputs[3, 3:] = 0
+  targets = rng.randint(3, 259, (ROWS, TARGET_LENGTH)).astype(np.int32)
+  return {"encoder_input_tokens": inputs, "decoder_input_tokens": _shift_right(targets),
+          "decoder_target_tokens": targets,
+          "decoder_loss_weights": np.ones_like(targets)}
+
+
+def _decoder_batch(seed=0):
+  """Prompts of 2-6 tokens (EOS last) laid out as seqio's PrefixLM converter does."""
+  rng = np.random.RandomState(seed)
+  targets = np.zeros((ROWS, DECODER_LENGTH), np.int32)
+  causal = np.zeros_like(targets)
+  for row, length in enumerate((2, 6, 4, 3)):
+    targets[row, :length - 1] = rng.randint(3, 259, length - 1)
+    targets[row, length - 1] = 1
+    targets[row, length:] = rng.randint(3, 259, DECODER_LENGTH - length)
+    causal[row, :length + 1] = 1
+  return {"decoder_input_tokens": _shift_right(targets), "decoder_target_tokens": targets,
+          "decoder_causal_attention": causal,
+          "decoder_loss_weights": (1 - causal).astype(np.int32)}
+
+
+@pytest.fixture(scope="module")
+def t5_setup():
+  model = _t5()
+  batch = _encdec_batch()
+  return model, _init(model, batch), batch
+
+
+@pytest.fixture(scope="module")
+def t5_greedy(t5_setup):
+  model, params, batch = t5_setup
+  return _predict(model, params, batch, decoding.DecodeConfig())
+
+
+def _decoder_model(prefix):
+  module = decoder.DecoderOnly(decoder.DecoderConfig(num_layers=2, **TINY))
+  return models.DecoderOnlyModel(module, seqio.ByteVocabulary(),
+                                 inputs_bidirectional_attention=prefix)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["causal_lm", "prefix_lm"])
+def decoder_setup(request):
+  model = _decoder_model(request.param)
+  batch = _decoder_batch()
+  params = _init(model, batch, seed=1)
+  return model, params, batch
+
+
+# --- the two model families ----------------------------------------------------------
+
+
+def test_encdec_cached_equals_uncached(t5_setup, t5_greedy):
+  model, params, batch = t5_setup
+  tokens, scores = _predict(model, params, batch, decoding.DecodeConfig(use_cache=False))
+  np.testing.assert_array_equal(tokens, t5_greedy[0])
+  np.testing.assert_allclose(scores, t5_greedy[1], rtol=1e-5, atol=1e-4)
+
+
+def test_encdec_cached_equals_uncached_beam(t5_setup):
+  model, params, batch = t5_setup
+  cfg = decoding.DecodeConfig(method="beam", num_beams=3, alpha=0.6)
+  cached = _predict(model, params, batch, cfg)
+  uncached = _predict(model, params, batch, decoding.DecodeConfig(
+      method="beam", num_beams=3, alpha=0.6, use_cache=False))
+  np.testing.assert_array_equal(cached[0], uncached[0])
+  np.testing.assert_allclose(cached[1], uncached[1], rtol=1e-5, atol=1e-4)
+
+
+def test_encdec_greedy_is_teacher_forced_argmax(t5_setup, t5_greedy):
+  model, params, batch = t5_setup
+  tokens, scores = t5_greedy
+  assert tokens.shape == (ROWS, TARGET_LENGTH) and tokens.dtype == np.int32
+  forced = dict(batch, decoder_target_tokens=tokens, decoder_input_tokens=_shift_right(tokens),
+                decoder_loss_weights=(tokens > 0).astype(np.int32))
+  logits = np.asarray(_jit(lambda p, b: model._logits(p, b, None))(params, forced))
+  real = tokens > 0
+  np.testing.assert_array_equal(np.argmax(logits, -1)[real], tokens[real])
+  # The greedy score is the model's log-likelihood of its own output.
+  teacher_scores = _jit(model.score_batch)(params, forced)
+  np.testing.assert_allclose(scores, teacher_scores, rtol=1e-5, atol=1e-4)
+
+
+def test_beam_search_with_one_beam_is_greedy(t5_setup, t5_greedy):
+  model, params, batch = t5_setup
+  tokens, scores = _predict(model, params, batch,
+                            decoding.DecodeConfig(method="beam", num_beams=1, alpha=0.0))
+  np.testing.assert_array_equal(tokens, t5_greedy[0])
+  np.testing.assert_allclose(scores, t5_greedy[1], rtol=1e-5, atol=1e-4)
+
+
+def test_max_decode_length_overrides_targets_length(t5_setup, t5_greedy):
+  model, params, batch = t5_setup
+  tokens, _ = _predict(model, params, batch, decoding.DecodeConfig(max_decode_length=3))
+  assert tokens.shape == (ROWS, 3)
+  np.testing.assert_array_equal(tokens, t5_greedy[0][:, :3])
+
+
+def _prompt_lengths(batch):
+  return batch["decoder_causal_attention"].sum(axis=1)  # inputs + BOS
+
+
+def test_decoder_only_cached_equals_uncached(decoder_setup):
+  model, params, batch = decoder_setup
+  cached = _predict(model, params, batch, decoding.DecodeConfig())
+  uncached = _predict(model, params, batch, decoding.DecodeConfig(use_cache=False))
+  np.testing.assert_array_equal(cached[0], uncached[0])
+  np.testing.assert_allclose(cached[1], uncached[1], rtol=1e-5, atol=1e-4)
+
+
+def test_decoder_only_continues_prompt_greedily(decoder_setup):
+  """Each generated token is the argmax of teacher-forced logits on prompt + output."""
+  model, params, batch = decoder_setup
+  tokens, _ = _predict(model, params, batch, decoding.DecodeConfig())
+  assert tokens.shape == (ROWS, DECODER_LENGTH)
+  prompt_lengths = _prompt_lengths(batch)
+  full = np.zeros((ROWS, DECODER_LENGTH), np.int32)
+  for row, length in enumerate(prompt_lengths):
+    inputs = batch["decoder_target_tokens"][row, :length - 1]
+    # The cache holds DECODER_LENGTH positions, so a row has room for L - len(inputs).
+    room = DECODER_LENGTH - len(inputs)
+    assert np.all(tokens[row, room:] == 0)
+    full[row] = np.concatenate([inputs, tokens[row, :room]])
+  forced = dict(batch, decoder_target_tokens=full, decoder_input_tokens=_shift_right(full))
+  logits = np.asarray(_jit(lambda p, b: model._logits(p, b, None))(params, forced))
+  predicted = np.argmax(logits, -1)
+  for row, length in enumerate(prompt_lengths):
+    generated = full[row, length - 1:]
+    real = generated > 0
+    np.testing.assert_array_equal(predicted[row, length - 1:][real], generated[real])
+
+
+def test_decoder_only_respects_max_decode_length(decoder_setup):
+  model, params, batch = decoder_setup
+  tokens, _ = _predict(model, params, batch, decoding.DecodeConfig(max_decode_length=2))
+  assert tokens.shape == (ROWS, 2)
+
+
+# --- the search algorithms on constructed step functions -----------------------------
+
+# A Markov "model" over 6 tokens (0 BOS/pad, 1 EOS, 2 a, 3 b, 4 c, 5 d): next-token
+# probabilities depend on the last token only.
+_TABLE = np.asarray([
+    # pad    EOS    a      b      c      d
+    [0.001, 0.001, 0.500, 0.450, 0.024, 0.024],  # after BOS
+    [0.001, 0.995, 0.001, 0.001, 0.001, 0.001],  # after EOS
+    [0.010, 0.300, 0.010, 0.010, 0.340, 0.330],  # after a: nothing is likely
+    [0.010, 0.950, 0.010, 0.010, 0.010, 0.010],  # after b: EOS
+    [0.010, 0.900, 0.010, 0.010, 0.040, 0.030],  # after c
+    [0.010, 0.900, 0.010, 0.010, 0.040, 0.030],  # after d
+])
+
+
+def _markov(rows):
+  log_table = jnp.log(jnp.asarray(_TABLE / _TABLE.sum(1, keepdims=True), jnp.float32))
+
+  def step_fn(tokens, state):
+    return log_table[tokens], {"steps": state["steps"] + 1}
+
+  first = jnp.tile(log_table[0], (rows, 1))
+  return first, {"steps": jnp.zeros((rows,), jnp.int32)}, step_fn
+
+
+def _sequence_log_prob(tokens):
+  probs = _TABLE / _TABLE.sum(1, keepdims=True)
+  total, last = 0.0, 0
+  for token in tokens:
+    if token == 0:
+      break
+    total += np.log(probs[last, token])
+    last = token
+  return total
+
+
+def test_beam_search_beats_greedy_on_constructed_case():
+  first, state, step_fn = _markov(2)
+  greedy_cfg = decoding.DecodeConfig()
+  greedy_tokens, greedy_scores = jax.jit(functools.partial(
+      decoding.decode, step_fn=step_fn, max_length=5, cfg=greedy_cfg))(first, state)
+  beam_cfg = decoding.DecodeConfig(method="beam", num_beams=2, alpha=0.0)
+  beam_tokens, beam_scores = jax.jit(functools.partial(
+      decoding.decode, step_fn=step_fn, max_length=5, cfg=beam_cfg))(first, state)
+  np.testing.assert_array_equal(greedy_tokens[0], [2, 4, 1, 0, 0])  # a c EOS
+  np.testing.assert_array_equal(beam_tokens[0], [3, 1, 0, 0, 0])    # b EOS
+  assert _sequence_log_prob(beam_tokens[0]) > _sequence_log_prob(greedy_tokens[0])
+  np.testing.assert_allclose(beam_scores, _sequence_log_prob(beam_tokens[0]), rtol=1e-5)
+  np.testing.assert_allclose(greedy_scores, _sequence_log_prob(greedy_tokens[0]), rtol=1e-5)
+
+
+def test_length_penalty_divides_beam_score():
+  first, state, step_fn = _markov(1)
+  cfg = decoding.DecodeConfig(method="beam", num_beams=2, alpha=0.6)
+  tokens, scores = decoding.decode(first, state, step_fn, max_length=5, cfg=cfg)
+  length = int(np.sum(np.asarray(tokens[0]) > 0))
+  expected = _sequence_log_prob(tokens[0]) / ((5.0 + length) / 6.0) ** 0.6
+  np.testing.assert_allclose(scores[0], expected, rtol=1e-5)
+
+
+def test_rows_stop_at_eos_and_at_their_limit():
+  first, state, step_fn = _markov(3)
+  tokens, _ = decoding.decode(first, state, step_fn, max_length=5,
+                              cfg=decoding.DecodeConfig(), limits=jnp.asarray([5, 2, 1]))
+  np.testing.assert_array_equal(tokens, [[2, 4, 1, 0, 0], [2, 4, 0, 0, 0], [2, 0, 0, 0, 0]])
+
+
+def test_filter_logits_top_k_and_top_p():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+  top2 = decoding.filter_logits(logits, top_k=2)
+  assert np.isfinite(np.asarray(top2)).tolist() == [[True, True, False, False]]
+  nucleus = decoding.filter_logits(logits, top_p=0.7)  # 0.5 + 0.3 reaches 0.7
+  assert np.isfinite(np.asarray(nucleus)).tolist() == [[True, True, False, False]]
+  tiny = decoding.filter_logits(logits, top_p=0.01)  # the best token always survives
+  assert np.isfinite(np.asarray(tiny)).tolist() == [[True, False, False, False]]
+
+
+def test_sampling_is_seeded_and_filtered():
+  first, state, step_fn = _markov(64)
+  sample = jax.jit(lambda rng, cfg: decoding.decode(first, state, step_fn, max_length=4,
+                                                    cfg=cfg, rng=rng), static_argnums=1)
+  cfg = decoding.DecodeConfig(method="sample", temperature=1.5)
+  a, _ = sample(jax.random.PRNGKey(1), cfg)
+  b, _ = sample(jax.random.PRNGKey(1), cfg)
+  c, _ = sample(jax.random.PRNGKey(2), cfg)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert len({tuple(row) for row in np.asarray(a).tolist()}) > 1
+  # top_k=1 leaves nothing to chance: it is greedy.
+  greedy, _ = decoding.decode(first, state, step_fn, max_length=4, cfg=decoding.DecodeConfig())
+  top1, _ = sample(jax.random.PRNGKey(3), decoding.DecodeConfig(method="sample", top_k=1))
+  np.testing.assert_array_equal(top1, greedy)
+
+
+def test_sampling_needs_an_rng():
+  first, state, step_fn = _markov(1)
+  with pytest.raises(ValueError, match="rng"):
+    decoding.decode(first, state, step_fn, max_length=2,
+                    cfg=decoding.DecodeConfig(method="sample"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="topk"), "method"),
+    (dict(temperature=0.0), "temperature"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(num_beams=0), "num_beams"),
+    (dict(max_decode_length=0), "max_decode_length"),
+    (dict(alpha=-1.0), "alpha"),
+])
+def test_decode_config_is_validated(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    decoding.DecodeConfig(**kwargs)
+
+
+# --- under a device mesh -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [decoding.DecodeConfig(),
+                                 decoding.DecodeConfig(method="beam", num_beams=2)],
+                         ids=["greedy", "beam"])
+def test_decoding_on_8_devices_matches_one_device(t5_setup, cfg):
+  """data x model = 4 x 2 with FSDP params, as in training, gives the same outputs."""
+  assert len(jax.devices()) == 8
+  model, params, batch = t5_setup
+  single = _predict(model, params, batch, cfg)
+  partitioner = partitioning.Partitioner(num_partitions=2, parameter_partitioning_dims=2)
+  with partitioner.activation_context():
+    boxed = jax.eval_shape(lambda rng: model.init_params(rng, {k: v.shape for k, v in
+                                                                batch.items()}),
+                           jax.random.PRNGKey(0))
+  shardings = partitioner.param_shardings(boxed)
+  sharded_params = jax.device_put(params, shardings)
+  assert any(len(s.spec) and any(s.spec) for s in jax.tree.leaves(shardings))
+  fn = _jit(lambda p, b: model.predict_batch(p, b, cfg),
+            in_shardings=(shardings, partitioner.batch_sharding),
+            out_shardings=partitioner.replicated)
+  with partitioner.activation_context():
+    tokens, scores = fn(sharded_params, jax.device_put(batch, partitioner.batch_sharding))
+  np.testing.assert_array_equal(np.asarray(tokens), single[0])
+  np.testing.assert_allclose(np.asarray(scores), single[1], rtol=1e-4, atol=1e-4)
