@@ -37,6 +37,7 @@ COMMAND_MODULES = {
     "eval": "instruct_jax.evaluation",
     "infer": "instruct_jax.inference",
     "select": "instruct_jax.selection",
+    "symbol-eval": "instruct_jax.symbol_eval",
 }
 COMMAND_HELP = {
     "train": "Train or fine-tune on a seqio task/mixture (gin: runs/*.gin + models/*.gin).",
@@ -45,6 +46,8 @@ COMMAND_HELP = {
     "eval": "Evaluate a checkpoint on a seqio task/mixture (gin: runs/eval.gin + a model gin).",
     "infer": "Predict or score JSON-lines/TSV inputs with a checkpoint (gin: runs/infer.gin).",
     "select": "Evaluate every checkpoint of a run on held-out tasks and pick the best one.",
+    "symbol-eval": "Symbol-tuning eval suites on a checkpoint + side-by-side report "
+                   "(gin: experiments/symbol_tuning/eval.gin).",
 }
 
 

@@ -29,7 +29,11 @@ Evaluation (split 'test'; metric: last number of the output vs the gold):
                               model-selection mixture of `instruct-jax select`.
   cot_heldout_math_eval_zero_shot_cot   the same sets with the zero-shot CoT prompt.
   cot_math_eval               all eight evaluation tasks.
-  BIG-Bench Hard: `register_bbh_tasks(bbh_dir)` (needs instruct_jax.data.bigbench).
+  cot_bbh, cot_bbh_<task>_gen  BIG-Bench Hard through the BIG-bench source
+                              (instruct_jax.data.bigbench), 3-shot, exact match:
+                              registered at import when $INSTRUCT_JAX_BBH_DIR names a
+                              BBH checkout, else by `register_bbh_tasks(bbh_dir)`.
+                              Measures the general ability lost to specialization.
 
 Few-shot evaluation prompts use four fixed exemplars (cot.EVAL_EXEMPLARS);
 training prompts sample four other problems of the same split per example
@@ -519,7 +523,56 @@ def register_teacher_tasks(teacher_file: str, vocabulary: seqio.Vocabulary = VOC
 
 
 # --------------------------------------------------------------------------
+# BIG-Bench Hard (general ability lost to specialization), through the BIG-bench source.
+
+BBH_DIR_ENV = "INSTRUCT_JAX_BBH_DIR"
+
+
+def bbh_task_files(bbh_dir: str) -> dict[str, str]:
+  """{task: path} of a BIG-Bench Hard checkout: bbh/<task>.json or <task>/task.json files."""
+  files = {}
+  for name in sorted(tf.io.gfile.listdir(bbh_dir)):
+    path = os.path.join(bbh_dir, name.rstrip("/"))
+    if name.endswith(".json"):
+      files[name[:-len(".json")]] = path
+    elif tf.io.gfile.exists(os.path.join(path, "task.json")):
+      files[name.rstrip("/")] = os.path.join(path, "task.json")
+  if not files:
+    raise FileNotFoundError(
+        f"No BIG-Bench Hard task files in {bbh_dir!r}: expected <task>.json files (the "
+        "BIG-Bench-Hard repository's bbh/ directory) or <task>/task.json directories.")
+  return files
+
+
+def register_bbh_tasks(bbh_dir: str, vocabulary: seqio.Vocabulary = VOCABULARY,
+                       prefix: str = "cot_bbh", num_shots: int = 3,
+                       tasks: Sequence[str] | None = None) -> str:
+  """Registers every BBH task of `bbh_dir` (split 'all') and the mixture `prefix`; returns it.
+
+  Each task is instruct_jax.data.bigbench's generative task <prefix>_<task>_gen
+  (BIG-bench prompt format, `num_shots` exemplars drawn from the task itself,
+  exact-match accuracy). Gin: EVAL_MIXTURE = @cot.register_bbh_tasks().
+  """
+  from instruct_jax.data import bigbench  # pylint: disable=g-import-not-at-top
+  files = bbh_task_files(bbh_dir)
+  if tasks is not None:
+    unknown = sorted(set(tasks) - set(files))
+    if unknown:
+      raise ValueError(f"BBH task(s) {unknown} not in {bbh_dir!r}; found {sorted(files)}.")
+    files = {t: files[t] for t in tasks}
+  names = []
+  for task, path in files.items():
+    registered = bigbench.register_bigbench_task(f"{prefix}_{task}", path, vocabulary,
+                                                 num_shots=num_shots)
+    names.append(registered[0])  # the generative task
+  registration.replace_mixture(prefix, names, default_rate=1.0)
+  return prefix
+
+
+# --------------------------------------------------------------------------
 # Default registrations.
 
 register_gsm8k_tasks()
 register_math_eval_tasks()
+if os.environ.get(BBH_DIR_ENV):
+  register_bbh_tasks(os.environ[BBH_DIR_ENV])

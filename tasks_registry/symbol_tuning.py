@@ -286,13 +286,14 @@ def add_label_index(dataset: tf.data.Dataset, *, label_names: Sequence[str]) -> 
   return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _prepared(dataset: tf.data.Dataset, data: SymbolDataset) -> tf.data.Dataset:
+def prepare_examples(dataset: tf.data.Dataset, data: SymbolDataset) -> tf.data.Dataset:
+  """Raw TFDS examples of `data` -> its text fields and "label" (invalid labels dropped)."""
   dataset = flan_formats.prepare_fields(dataset, spec=data.spec, params=data.source.params)
   return add_label_index(dataset, label_names=data.labels)
 
 
 def _exemplars(source: seqio.TfdsDataSource, data: SymbolDataset) -> tf.data.Dataset:
-  return _prepared(source.get_dataset(split="train", shuffle=False), data)
+  return prepare_examples(source.get_dataset(split="train", shuffle=False), data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +312,7 @@ def _register_task(name: str, data: SymbolDataset, vocabulary: seqio.Vocabulary,
   source = seqio.TfdsDataSource(tfds_name=data.source.tfds_name,
                                 splits=dict(data.source.splits))
   steps = [
-      functools.partial(_prepared, data=data),
+      functools.partial(prepare_examples, data=data),
       functools.partial(
           in_context.in_context_prompts, fields=data.spec.fields, label_names=data.labels,
           exemplars_fn=functools.partial(_exemplars, source, data), label_mode=label_mode,

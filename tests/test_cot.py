@@ -303,3 +303,27 @@ def test_teacher_tasks_carry_sparse_teacher_features(tmp_path):
                                    distill_formats=())
   for example in _examples("test_cot_plain_few_shot_cot", "train", lengths):
     assert (example["teacher_probs"][:, 0] == 1.0).all()
+
+
+def test_bbh_tasks_through_the_bigbench_source(tmp_path):
+  bbh = tmp_path / "bbh"
+  bbh.mkdir()
+  for task, answers in (("boolean_expressions", ["True", "False"]),
+                        ("date_understanding", ["(A)", "(B)"])):
+    examples = [{"input": f"question {i} of {task}", "target": answers[i % 2]}
+                for i in range(6)]
+    (bbh / f"{task}.json").write_text(json.dumps({"canary": "x", "examples": examples}))
+  mixture = cot_tasks.register_bbh_tasks(str(bbh), BYTES, prefix="test_cot_bbh")
+  assert mixture == "test_cot_bbh"
+  assert sorted(t.name for t in seqio.get_mixture_or_task(mixture).tasks) == [
+      "test_cot_bbh_boolean_expressions_gen", "test_cot_bbh_date_understanding_gen"]
+  examples = _examples("test_cot_bbh_date_understanding_gen", "all")
+  assert len(examples) == 6
+  prompt = examples[0]["inputs_pretokenized"].decode()
+  assert prompt.count("\nQ: ") == 4 and prompt.endswith("question 0 of date_understanding\nA: ")
+  with pytest.raises(ValueError, match="not in"):
+    cot_tasks.register_bbh_tasks(str(bbh), BYTES, prefix="test_cot_bbh", tasks=["navigate"])
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match="BIG-Bench Hard"):
+    cot_tasks.bbh_task_files(str(empty))

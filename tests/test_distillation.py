@@ -19,15 +19,21 @@ BATCH = 4
 
 def _model(objective=distillation.DISTRIBUTION_MATCHING, **kwargs):
   vocab = seqio.ByteVocabulary()
-  return distillation.DistillationModel(t5.Transformer(factories.tiny_t5_config()), vocab,
-                                        vocab, objective=objective, **kwargs)
+  config = factories.tiny_t5_config(emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                                    num_encoder_layers=1, num_decoder_layers=1)
+  return distillation.DistillationModel(t5.Transformer(config), vocab, vocab,
+                                        objective=objective, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def params():
   model = _model()
-  return nn.meta.unbox(model.init_params(jax.random.PRNGKey(0),
-                                         factories.input_shapes(BATCH)))
+  init = jax.jit(lambda rng: model.init_params(rng, factories.input_shapes(BATCH)))
+  return nn.meta.unbox(init(jax.random.PRNGKey(0)))
+
+
+def _loss_and_grads(model, params, batch):
+  return jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, None)
 
 
 def _one_hot_teacher(batch):
@@ -49,15 +55,14 @@ def _sparse_teacher(batch, seed=1):
   return {**batch, "teacher_indices": indices, "teacher_probs": probs}
 
 
-@pytest.mark.parametrize("factor", [None, "NUM_REAL_TARGET_TOKENS", 2.0])
+@pytest.mark.parametrize("factor", [None, "NUM_REAL_TARGET_TOKENS"])
 def test_kl_with_one_hot_teacher_equals_nll(params, factor):
   batch = _one_hot_teacher(factories.synthetic_batch(BATCH))
   distil = _model(loss_normalizing_factor=factor)
   plain = models.EncoderDecoderModel(distil.module, distil.input_vocabulary,
                                      distil.output_vocabulary, loss_normalizing_factor=factor)
-  (loss, metrics), grads = jax.value_and_grad(distil.loss_fn, has_aux=True)(params, batch, None)
-  (ref_loss, ref_metrics), ref_grads = jax.value_and_grad(plain.loss_fn, has_aux=True)(
-      params, batch, None)
+  (loss, metrics), grads = _loss_and_grads(distil, params, batch)
+  (ref_loss, ref_metrics), ref_grads = _loss_and_grads(plain, params, batch)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   for name in ("z_loss", "cross_ent_loss", "correct_tokens", "num_tokens", "num_examples"):
     np.testing.assert_allclose(metrics[name], ref_metrics[name], rtol=1e-5, atol=1e-6)
@@ -68,7 +73,7 @@ def test_kl_with_one_hot_teacher_equals_nll(params, factor):
 def test_kl_value_gradients_and_masking(params):
   model = _model(z_loss=0.0)
   batch = _sparse_teacher(factories.synthetic_batch(BATCH))
-  (loss, metrics), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch, None)
+  (loss, metrics), grads = _loss_and_grads(model, params, batch)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   # Reference: sum over weighted positions of sum_k p (log p - log q).
   logits = model._logits(params, batch, None)  # pylint: disable=protected-access

@@ -5,12 +5,12 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import gin
 import jax
 import numpy as np
-import optax
 import pytest
 import seqio
 import tensorflow as tf
@@ -23,7 +23,6 @@ from instruct_jax import reports
 from instruct_jax.models import decoder
 from instruct_jax.models import model as models
 from instruct_jax.train import partitioning
-from instruct_jax.train import trainer as trainer_lib
 from tasks_registry import smoke
 
 import factories
@@ -48,9 +47,15 @@ def _params(model, partitioner):
   return params, shardings
 
 
+def _one_device():
+  # Compiles much faster than 8-way SPMD; the mesh path is covered below and in
+  # test_decoding.py.
+  return partitioning.Partitioner(devices=jax.devices()[:1])
+
+
 @pytest.fixture(scope="module")
 def t5_runner():
-  partitioner = partitioning.Partitioner()
+  partitioner = _one_device()
   model = _tiny_t5()
   params, shardings = _params(model, partitioner)
   return model, params, evaluation.ModelRunner(model, partitioner, shardings, batch_size=8)
@@ -195,13 +200,13 @@ def test_rank_classification_needs_a_task_with_tokenize():
 # --- infer-eval during training -----------------------------------------------------
 
 
-def test_infer_eval_hook_returns_scalars_and_writes_reports(tmp_path):
-  partitioner = partitioning.Partitioner()
-  model = _tiny_t5()
-  shapes = {k: (8, v) for k, v in model.feature_converter(pack=False)
-            .get_model_feature_lengths({"inputs": 32, "targets": 8}).items()}
-  trainer = trainer_lib.Trainer(model, optax.sgd(0.1), partitioner, shapes)
-  state = trainer.init_state(0)
+def test_infer_eval_hook_returns_scalars_and_writes_reports(tmp_path, t5_runner):
+  model, params, runner = t5_runner
+  # What trainer.train hands the hook (a Trainer; only these attributes are used).
+  trainer = types.SimpleNamespace(
+      model=model, partitioner=runner.partitioner,
+      state_shardings=types.SimpleNamespace(params=jax.tree.map(lambda x: x.sharding, params)))
+  state = types.SimpleNamespace(params=params)
   infer_eval = evaluation.InferEval(
       "smoke_eval_arithmetic", task_feature_lengths={"inputs": 48, "targets": 8},
       batch_size=8, model_dir=str(tmp_path), num_examples=8,

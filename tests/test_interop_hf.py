@@ -334,3 +334,35 @@ def test_convert_refuses_wrong_inputs(tmp_path, capsys):
     _run_cli(["convert", "--from", "hf", "--input", str(tmp_path / "empty"),
               "--output", str(tmp_path / "out")])
   assert "not a Hugging Face T5 directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # T5 v1.1 layout, as trained here
+    {"logits_via_embedding": True, "mlp_activations": ("relu",),
+     "relative_attention_num_buckets": 16, "relative_attention_max_distance": 20},
+], ids=["v1_1", "v1_0"])
+def test_trained_checkpoint_exports_to_transformers(overrides, tmp_path):
+  """Params born here (a training run's MODEL_DIR) -> HF: transformers gives our logits."""
+  import optax  # pylint: disable=g-import-not-at-top
+  import factories  # pylint: disable=g-import-not-at-top
+  from instruct_jax.train.state import TrainState  # pylint: disable=g-import-not-at-top
+  model = factories.tiny_t5(**overrides)
+  shapes = factories.input_shapes(2)
+  abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init_params(jax.random.key(0), shapes)))
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda x: 0.2 * rng.standard_normal(x.shape, np.float32), abstract)
+  state = TrainState(step=jax.numpy.int32(3), params=params,
+                     opt_state=optax.adafactor(1e-3).init(params))
+  with checkpoints.Checkpointer(str(tmp_path / "run"), save_period=1, async_save=False) as ckpt:
+    ckpt.save(3, state)
+  convert.convert_to_hf(str(tmp_path / "run"), str(tmp_path / "hf"), config=model.module.config)
+  reloaded = transformers.T5ForConditionalGeneration.from_pretrained(
+      str(tmp_path / "hf"), attn_implementation="eager").eval()
+  batch = factories.synthetic_batch(2, input_length=24, target_length=12)
+  ours = np.asarray(model.module.apply(
+      {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"], enable_dropout=False))
+  valid = batch["decoder_target_tokens"] > 0
+  diff = np.abs(ours - _hf_logits(reloaded, batch))[valid].max()
+  print(f"export parity: max |logits diff| = {diff:.3g}")
+  assert diff < TOLERANCE

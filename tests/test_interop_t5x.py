@@ -70,9 +70,15 @@ def write_legacy_t5x_checkpoint(directory, params, param_states=None, step=0, ve
 
 
 def _model_and_params(seed=0, **overrides):
+  """A tiny model and random float32 params for it (numpy; no compilation needed)."""
   model = factories.tiny_t5(**overrides)
-  boxed = model.init_params(jax.random.key(seed), factories.input_shapes(BATCH))
-  return model, jax.tree.map(np.asarray, nn.meta.unbox(boxed))
+  shapes = factories.input_shapes(BATCH)
+  abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init_params(jax.random.key(0), shapes)))
+  rng = np.random.default_rng(seed)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: (1.0 if path[-1].key == "scale" else 0.0)
+      + 0.2 * rng.standard_normal(x.shape, np.float32), abstract)
+  return model, params
 
 
 def _with_bfloat16(params):

@@ -71,6 +71,9 @@ def test_distil_then_select_end_to_end(tmp_path, clean_gin, capsys):
       "--gin.cot.register_teacher_tasks.max_input_tokens=256",
       "--gin.cot.register_teacher_tasks.validation_fraction=0.2",
   ])
+  config = (model_dir / "config.gin").read_text()
+  assert "MODEL = @distillation.DistillationModel()" in config
+  assert "DISTILLATION_OBJECTIVE = 'distribution_matching'" in config
   records = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
   losses = [r["loss"] for r in records if "loss" in r]
   assert len(losses) == 2 and all(l > 0 for l in losses)

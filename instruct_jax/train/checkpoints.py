@@ -371,7 +371,14 @@ def _detect_step_dir(root: epath.Path) -> Optional[tuple[str, epath.Path]]:
       raise FileNotFoundError(
           f"{root} is a checkpoint that was never finished (its save was interrupted); "
           "pass a finished checkpoint_<step> directory or the MODEL_DIR.")
-    keys = set(_saved_tree(state_dir))
+    try:
+      keys = set(_saved_tree(state_dir))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(
+          f"{state_dir} looks like an orbax checkpoint, but its tree metadata cannot be read "
+          f"({type(e).__name__}: {e}). Checkpoints from old orbax versions without a "
+          f"{_PYTREE_METADATA_FILE} file are not supported; re-save it with a current "
+          "orbax, or pass a legacy t5x (msgpack + tensorstore) checkpoint.") from e
     if "params" in keys:
       return ORBAX_TRAIN_STATE, state_dir
     if "target" in keys:

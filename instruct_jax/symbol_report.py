@@ -1,0 +1,186 @@
+"""Side-by-side report of the symbol-tuning evaluation suites for one checkpoint.
+
+The suites are many seqio tasks (one per dataset and prompt setting); the
+report puts them back into tables where the settings sit side by side:
+
+  In-context classification, unseen tasks   rows: datasets + mean
+                                            columns: instruction / no instruction
+                                                     x natural labels / symbols
+  Flipped labels                            rows: datasets + mean
+  Algorithmic reasoning                     rows: list_functions, simp_turing_concept
+                                            (mean over their subtasks)
+
+A `SuiteLayout` (built by the task registry, e.g.
+tasks_registry.symbol_tuning.evaluation_suites) says which evaluation runs to
+make and where each task's score goes: task -> Cell(table, row, column). Each
+task contributes its primary metric (instruct_jax.reports.primary_metric);
+several tasks in one cell (BIG-bench subtasks) are averaged. Outputs:
+symbol_report_step_<step>.md (tables), .json (the same data) and .png (one
+grouped bar chart per table).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from instruct_jax import reports
+
+MEAN_ROW = "mean"
+DEFAULT_TITLE = "Symbol-tuning evaluation"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """Where one task's score goes in the report."""
+  table: str
+  row: str
+  column: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+  """One seqio.Evaluator pass: a task or mixture on one split."""
+  mixture_or_task_name: str
+  split: str = "validation"
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteLayout:
+  """The evaluation runs of the suites and each task's cell in the report."""
+  runs: tuple[EvalRun, ...]
+  cells: Mapping[str, Cell]
+
+  def __post_init__(self):
+    if not self.runs:
+      raise ValueError("A SuiteLayout needs at least one EvalRun.")
+
+  def cluster_of(self, task_name: str) -> str:
+    """The task's table, for the generic per-cluster report (instruct_jax.reports)."""
+    cell = self.cells.get(task_name)
+    return cell.table if cell else reports.UNKNOWN_CLUSTER
+
+
+def _ordered(values):
+  return list(dict.fromkeys(values))
+
+
+def _mean(values) -> Optional[float]:
+  return float(np.mean(values)) if values else None
+
+
+def build_report(task_metrics: Mapping[str, Mapping[str, float]], layout: SuiteLayout,
+                 step: Optional[int] = None, checkpoint: Optional[str] = None) -> dict[str, Any]:
+  """The report as plain data: one table per layout table, settings as columns."""
+  tables = []
+  for title in _ordered(cell.table for cell in layout.cells.values()):
+    cells = {task: cell for task, cell in layout.cells.items() if cell.table == title}
+    columns = _ordered(cell.column for cell in cells.values())
+    rows = []
+    for row in _ordered(cell.row for cell in cells.values()):
+      scores, counts = {}, {}
+      for column in columns:
+        values = []
+        for task, cell in cells.items():
+          primary = (reports.primary_metric(task_metrics[task]) if task in task_metrics
+                     else None)
+          if cell.row == row and cell.column == column and primary is not None:
+            values.append(primary[1])
+        scores[column], counts[column] = _mean(values), len(values)
+      rows.append({"row": row, "scores": scores, "num_tasks": counts})
+    mean = {column: _mean([r["scores"][column] for r in rows
+                           if r["scores"][column] is not None]) for column in columns}
+    tables.append({"title": title, "columns": columns, "rows": rows, "mean": mean})
+  missing = sorted(task for task in layout.cells if task not in task_metrics)
+  return {"step": step, "checkpoint": checkpoint, "tables": tables, "missing": missing}
+
+
+def _fmt(value: Optional[float]) -> str:
+  return "-" if value is None else f"{value:.2f}"
+
+
+def _header(name: str) -> str:
+  return name.replace("_", " ")
+
+
+def render_markdown(report: Mapping[str, Any], title: str = DEFAULT_TITLE) -> str:
+  step = report.get("step")
+  lines = [f"# {title}" + (f" (step {step})" if step is not None else "")]
+  if report.get("checkpoint"):
+    lines += ["", f"Checkpoint: `{report['checkpoint']}`"]
+  for table in report["tables"]:
+    columns = table["columns"]
+    lines += ["", f"## {table['title']}", "",
+              "| | " + " | ".join(_header(c) for c in columns) + " |",
+              "|---|" + "---:|" * len(columns)]
+    for row in table["rows"]:
+      lines.append(f"| {row['row']} | " + " | ".join(_fmt(row["scores"][c]) for c in columns)
+                   + " |")
+    if len(table["rows"]) > 1:
+      lines.append(f"| **{MEAN_ROW}** | "
+                   + " | ".join(f"**{_fmt(table['mean'][c])}**" for c in columns) + " |")
+  if report.get("missing"):
+    lines += ["", "Not evaluated (no metrics): " + ", ".join(report["missing"])]
+  return "\n".join(lines) + "\n"
+
+
+def plot_report(report: Mapping[str, Any], title: str = DEFAULT_TITLE) -> bytes:
+  """PNG bytes: per table, groups of bars (one group per row + mean, one bar per column)."""
+  # The object-oriented API leaves pyplot's global state (and backend) alone.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+  tables = report["tables"] or [{"title": "no results", "columns": [], "rows": [], "mean": {}}]
+  widths = [max(4.0, 1.0 + 0.35 * max(1, len(t["columns"])) * (len(t["rows"]) + 1))
+            for t in tables]
+  figure = Figure(figsize=(max(widths), 3.6 * len(tables)), dpi=100)
+  FigureCanvasAgg(figure)
+  for index, table in enumerate(tables):
+    axes = figure.add_subplot(len(tables), 1, index + 1)
+    groups = [r["row"] for r in table["rows"]]
+    values = [[r["scores"][c] for c in table["columns"]] for r in table["rows"]]
+    if len(groups) > 1:
+      groups.append(MEAN_ROW)
+      values.append([table["mean"][c] for c in table["columns"]])
+    columns = table["columns"]
+    bar_width = 0.8 / max(1, len(columns))
+    positions = np.arange(len(groups))
+    for j, column in enumerate(columns):
+      heights = [v[j] if v[j] is not None else 0.0 for v in values]
+      axes.bar(positions + (j - (len(columns) - 1) / 2) * bar_width, heights, bar_width,
+               label=_header(column))
+    axes.set_xticks(positions)
+    axes.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("score")
+    axes.set_title(table["title"], fontsize=10)
+    if columns:
+      axes.legend(fontsize=7, loc="upper right", ncol=min(len(columns), 4))
+  step = report.get("step")
+  figure.suptitle(title + (f" (step {step})" if step is not None else ""), fontsize=11)
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png")
+  return buffer.getvalue()
+
+
+def write_report(output_dir: str, report: Mapping[str, Any],
+                 title: str = DEFAULT_TITLE) -> dict[str, str]:
+  """Writes symbol_report[_step_<step>].{md,json,png}; returns their paths."""
+  step = report.get("step")
+  stem = os.path.join(output_dir, "symbol_report" if step is None
+                      else f"symbol_report_step_{step}")
+  tf.io.gfile.makedirs(output_dir)
+  paths = {"markdown": stem + ".md", "json": stem + ".json", "png": stem + ".png"}
+  with tf.io.gfile.GFile(paths["markdown"], "w") as f:
+    f.write(render_markdown(report, title))
+  with tf.io.gfile.GFile(paths["json"], "w") as f:
+    json.dump(report, f, indent=2)
+  with tf.io.gfile.GFile(paths["png"], "wb") as f:
+    f.write(plot_report(report, title))
+  return paths
