@@ -83,9 +83,10 @@ class ModelRunner:
                seed: int = 0):
     data_parallel = partitioner.data_parallel_size
     if batch_size < 1 or batch_size % data_parallel:
+      suggestion = max(data_parallel, batch_size // data_parallel * data_parallel)
       raise ValueError(f"Eval batch size {batch_size} must be a positive multiple of the "
                        f"data-parallel size {data_parallel} (rows are split over it); "
-                       f"use e.g. {max(data_parallel, batch_size // data_parallel * data_parallel)}.")
+                       f"use e.g. {suggestion}.")
     self.model = model
     self.partitioner = partitioner
     self.batch_size = batch_size
@@ -427,7 +428,8 @@ def run(args) -> None:
   try:
     evaluate_fn = gin.get_configurable(evaluate)
   except ValueError as e:
-    raise UsageError("No gin file binds `evaluation.evaluate`; add --gin_file=runs/eval.gin.") from e
+    raise UsageError("No gin file binds `evaluation.evaluate`; add "
+                     "--gin_file=runs/eval.gin.") from e
   try:
     evaluate_fn()
   except FileNotFoundError as e:

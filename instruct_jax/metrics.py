@@ -2,7 +2,8 @@
 
 Metric functions follow seqio's legacy contract: `fn(targets, predictions)` for
 generated text, `fn(targets, scores)` for score-based evaluation; each returns a
-{name: float} dict, percentages in [0, 100]. Targets are what the task's
+{name: float} dict of percentages in [0, 100] (BLEU on its usual 0-100 scale,
+`num_examples` a count). Targets are what the task's
 `postprocess_fn` returned for each example with `is_target=True`: a string, a
 list of reference strings (QA, multi-reference generation), or for rank
 classification an (example_id, is_correct) pair.

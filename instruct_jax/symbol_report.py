@@ -136,9 +136,9 @@ def plot_report(report: Mapping[str, Any], title: str = DEFAULT_TITLE) -> bytes:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   tables = report["tables"] or [{"title": "no results", "columns": [], "rows": [], "mean": {}}]
-  widths = [max(4.0, 1.0 + 0.35 * max(1, len(t["columns"])) * (len(t["rows"]) + 1))
-            for t in tables]
-  figure = Figure(figsize=(max(widths), 3.6 * len(tables)), dpi=100)
+  width = max(7.0, max(1.5 + 0.3 * max(1, len(t["columns"])) * (len(t["rows"]) + 1)
+                       for t in tables))
+  figure = Figure(figsize=(width, 3.4 * len(tables) + 0.6), dpi=100)
   FigureCanvasAgg(figure)
   for index, table in enumerate(tables):
     axes = figure.add_subplot(len(tables), 1, index + 1)
@@ -152,15 +152,19 @@ def plot_report(report: Mapping[str, Any], title: str = DEFAULT_TITLE) -> bytes:
     positions = np.arange(len(groups))
     for j, column in enumerate(columns):
       heights = [v[j] if v[j] is not None else 0.0 for v in values]
-      axes.bar(positions + (j - (len(columns) - 1) / 2) * bar_width, heights, bar_width,
-               label=_header(column))
+      bars = axes.bar(positions + (j - (len(columns) - 1) / 2) * bar_width, heights, bar_width,
+                      label=_header(column))
+      for bar, value in zip(bars, (v[j] for v in values)):
+        axes.annotate(_fmt(value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                      ha="center", va="bottom", fontsize=6)
     axes.set_xticks(positions)
-    axes.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
-    axes.set_ylim(0, 105)
+    axes.set_xticklabels(groups, rotation=15, ha="right", fontsize=8)
+    axes.set_ylim(0, 125)  # Headroom for the legend above 100.
+    axes.set_yticks([0, 20, 40, 60, 80, 100])
     axes.set_ylabel("score")
     axes.set_title(table["title"], fontsize=10)
     if columns:
-      axes.legend(fontsize=7, loc="upper right", ncol=min(len(columns), 4))
+      axes.legend(fontsize=7, loc="upper center", ncol=min(len(columns), 5), frameon=False)
   step = report.get("step")
   figure.suptitle(title + (f" (step {step})" if step is not None else ""), fontsize=11)
   figure.tight_layout()

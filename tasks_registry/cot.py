@@ -327,8 +327,12 @@ def register_math_eval_tasks(vocabulary: seqio.Vocabulary = VOCABULARY,
 
 def register_heldout_math_tasks(files: Mapping[str, str] | None = None,
                                 vocabulary: seqio.Vocabulary = VOCABULARY) -> str:
-  """Re-registers the default eval tasks with explicit held-out files; returns
-  'cot_heldout_math_eval'. Gin: EVAL_MIXTURE = @cot.register_heldout_math_tasks()."""
+  """Re-registers the default eval tasks with explicit held-out files.
+
+  Returns 'cot_heldout_math_eval'. From gin:
+    EVAL_MIXTURE = @cot.register_heldout_math_tasks()
+    cot.register_heldout_math_tasks.files = {'svamp': '/data/SVAMP.json', ...}
+  """
   return register_math_eval_tasks(vocabulary=vocabulary, files=files)
 
 
@@ -344,17 +348,22 @@ def _vocabulary_key(vocabulary: seqio.Vocabulary) -> Any:
   return ("object", id(vocabulary))
 
 
-def _file_key(path: str) -> tuple[str, int, float]:
+def _file_key(path: str) -> tuple[str, int, int]:
+  """(path, size, mtime): a changed teacher file is read and aligned again."""
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"Teacher file {path!r} does not exist; set TEACHER_FILE (gin) "
+                            "or register_teacher_tasks(teacher_file=...) to a JSON-lines file.")
   stat = tf.io.gfile.stat(path)
   return (path, stat.length, stat.mtime_nsec)
 
 
 @functools.lru_cache(maxsize=8)
-def _teacher_records(file_key: tuple[str, int, float]) -> tuple[cot.TeacherRecord, ...]:
+def _teacher_records(file_key: tuple[str, int, int]) -> tuple[cot.TeacherRecord, ...]:
   return tuple(cot.load_teacher_file(file_key[0]))
 
 
-# (file key, vocabulary key, k, band, span penalty) -> per record: (CoT target ids, TeacherTargets or None)
+# (file key, vocabulary key, k, band, span penalty) -> per record:
+# (CoT target ids, TeacherTargets or None when the record has no teacher tokens).
 _ALIGNED: dict[Any, list[tuple[list[int], alignment.TeacherTargets | None]]] = {}
 
 
@@ -418,8 +427,9 @@ def _sparse_dataset(inputs: Sequence[str], targets: Sequence[Sequence[int]],
 
 def _teacher_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
                         teacher_file: str, fmt: str, vocabulary: seqio.Vocabulary, k: int,
-                        band: int | None, span_penalty: bool, distill: bool, max_input_tokens: int | None,
-                        validation_fraction: float, exemplar_seed: int) -> tf.data.Dataset:
+                        band: int | None, span_penalty: bool, distill: bool,
+                        max_input_tokens: int | None, validation_fraction: float,
+                        exemplar_seed: int) -> tf.data.Dataset:
   del shuffle_files, seed
   records = _teacher_records(_file_key(teacher_file))
   chosen = [i for i, r in enumerate(records)

@@ -155,3 +155,28 @@ def test_multiple_choice_task_picks_the_best_scoring_option(tmp_path):
 
   assert _evaluate("bb_test_mc_mc", score_fn=score_fn_preferring("right"))["accuracy"] == 100
   assert _evaluate("bb_test_mc_mc", score_fn=score_fn_preferring("wrong"))["accuracy"] == 0
+
+
+def test_output_regex_capture_group_extracts_the_answer():
+  post = bigbench.prediction_postprocessor
+  assert post("Let's think. So the answer is (B). Done", output_regex=r"answer is (.*?)\.") == "(B)"
+  assert post("x 42 y", output_regex=r"\d+") == "42"
+  assert post("no number", output_regex=r"\d+") == ""
+  assert post(b"A: yes\nQ: next", stop_string="\n") == "A: yes"
+  example = {"answers": np.asarray([b"4", b"four"])}
+  assert post(b"4", example, is_target=True) == ["4", "four"]
+
+
+def test_registers_a_directory_of_tasks_in_both_layouts(tmp_path):
+  (tmp_path / "boolean_logic").mkdir()
+  (tmp_path / "boolean_logic" / "task.json").write_text(json.dumps(MULTIPLE_CHOICE))
+  (tmp_path / "word_sorting.json").write_text(json.dumps(GENERATIVE))
+  assert set(bigbench.task_files(str(tmp_path))) == {"boolean_logic", "word_sorting"}
+  names = bigbench.register_bigbench_directory(str(tmp_path), VOCAB, prefix="bbt_",
+                                               mixture_name="bbt")
+  assert set(names) == {"bbt_boolean_logic_gen", "bbt_boolean_logic_mc", "bbt_word_sorting_gen",
+                        "bbt_gen", "bbt_mc"}
+  assert {t.name for t in seqio.get_mixture_or_task("bbt_gen").tasks} == {
+      "bbt_boolean_logic_gen", "bbt_word_sorting_gen"}
+  with pytest.raises(FileNotFoundError, match="No BIG-bench task files"):
+    bigbench.task_files(str(tmp_path / "boolean_logic" / "missing"))

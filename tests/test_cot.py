@@ -327,3 +327,33 @@ def test_bbh_tasks_through_the_bigbench_source(tmp_path):
   empty.mkdir()
   with pytest.raises(FileNotFoundError, match="BIG-Bench Hard"):
     cot_tasks.bbh_task_files(str(empty))
+
+
+def test_seqio_evaluator_scores_gold_outputs_as_correct(tmp_path, monkeypatch):
+  cot_data.write_heldout_files(str(tmp_path), num=4)
+  monkeypatch.setenv(cot_tasks.DATA_DIR_ENV, str(tmp_path))
+  cot_tasks.register_math_eval_tasks(BYTES, prefix="test_cot_eval", mixture_prefix="test_cot")
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name="test_cot_heldout_math_eval",
+      feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split="test",
+      sequence_length={"inputs": 1024, "targets": 32}, shuffle=False)
+
+  def gold_predictions(dataset, model_feature_shapes=None):
+    del model_feature_shapes  # The gold target: "The answer is N." and EOS.
+    return [(index, features["decoder_target_tokens"])
+            for index, features in dataset.as_numpy_iterator()]
+
+  def wrong_predictions(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    return [(index, np.asarray(BYTES.encode("The answer is 100000.") + [1]))
+            for index, _ in dataset.as_numpy_iterator()]
+
+  for predict_fn, expected in ((gold_predictions, 100.0), (wrong_predictions, 0.0)):
+    future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
+                                   score_fn=lambda *a, **k: [])
+    results = future.result()
+    assert sorted(results) == ["test_cot_eval_asdiv_few_shot_cot",
+                               "test_cot_eval_multiarith_few_shot_cot",
+                               "test_cot_eval_svamp_few_shot_cot"]
+    for metrics in results.values():
+      assert metrics["accuracy"] == expected

@@ -327,3 +327,30 @@ def test_decoding_on_8_devices_matches_one_device(t5_setup, cfg):
     tokens, scores = fn(sharded_params, jax.device_put(batch, partitioner.batch_sharding))
   np.testing.assert_array_equal(np.asarray(tokens), single[0])
   np.testing.assert_allclose(np.asarray(scores), single[1], rtol=1e-4, atol=1e-4)
+
+
+# --- the decode benchmark ------------------------------------------------------------
+
+
+def test_decode_benchmark_reports_tokens_per_second():
+  from instruct_jax import bench  # pylint: disable=g-import-not-at-top
+  results = bench.benchmark_decode(_t5(), batch_size=8, input_length=8, target_length=4,
+                                   steps=1, methods=("greedy",), use_cache=(True, False))
+  for name in ("greedy_cached", "greedy_uncached"):
+    assert results[f"{name}_tokens_per_second"] > 0
+    assert results[f"{name}_tokens_per_second"] == pytest.approx(
+        8 * 4 / results[f"{name}_seconds_per_batch"])
+  assert "greedy_cached_tokens_per_second" in bench.format_report(results)
+
+
+def test_decode_benchmark_rejects_unknown_methods(capsys):
+  import gin  # pylint: disable=g-import-not-at-top
+  from instruct_jax import cli  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    with pytest.raises(SystemExit):
+      cli.main(["bench", "--mode=decode", "--decode_methods=topk",
+                "--gin_file=models/t5_1_1/tiny.gin"])
+  finally:
+    gin.clear_config()
+  assert "greedy,beam" in capsys.readouterr().err

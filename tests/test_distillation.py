@@ -61,8 +61,8 @@ def test_kl_with_one_hot_teacher_equals_nll(params, factor):
   distil = _model(loss_normalizing_factor=factor)
   plain = models.EncoderDecoderModel(distil.module, distil.input_vocabulary,
                                      distil.output_vocabulary, loss_normalizing_factor=factor)
-  (loss, metrics), grads = _loss_and_grads(distil, params, batch)
-  (ref_loss, ref_metrics), ref_grads = _loss_and_grads(plain, params, batch)
+  both = jax.jit(lambda p, b: (_loss_and_grads(distil, p, b), _loss_and_grads(plain, p, b)))
+  ((loss, metrics), grads), ((ref_loss, ref_metrics), ref_grads) = both(params, batch)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   for name in ("z_loss", "cross_ent_loss", "correct_tokens", "num_tokens", "num_examples"):
     np.testing.assert_allclose(metrics[name], ref_metrics[name], rtol=1e-5, atol=1e-6)
@@ -73,10 +73,11 @@ def test_kl_with_one_hot_teacher_equals_nll(params, factor):
 def test_kl_value_gradients_and_masking(params):
   model = _model(z_loss=0.0)
   batch = _sparse_teacher(factories.synthetic_batch(BATCH))
-  (loss, metrics), grads = _loss_and_grads(model, params, batch)
+  step = jax.jit(lambda p, b: (_loss_and_grads(model, p, b),
+                               model._logits(p, b, None)))  # pylint: disable=protected-access
+  ((loss, metrics), grads), logits = step(params, batch)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
   # Reference: sum over weighted positions of sum_k p (log p - log q).
-  logits = model._logits(params, batch, None)  # pylint: disable=protected-access
   log_q = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   p, idx = batch["teacher_probs"], batch["teacher_indices"]
   log_q_top = np.take_along_axis(log_q, idx, axis=-1)
@@ -89,7 +90,7 @@ def test_kl_value_gradients_and_masking(params):
   pad = batch["decoder_loss_weights"] == 0
   garbage["teacher_probs"] = np.where(pad[..., None], 0.7, batch["teacher_probs"])
   garbage["teacher_indices"] = np.where(pad[..., None], 5, batch["teacher_indices"])
-  np.testing.assert_allclose(model.loss_fn(params, garbage, None)[0], loss, rtol=1e-6)
+  np.testing.assert_allclose(step(params, garbage)[0][0][0], loss, rtol=1e-6)
 
 
 def test_sample_matching_is_the_plain_loss_and_may_pack(params):
@@ -143,3 +144,26 @@ def test_feature_converter_pads_teacher_rows_with_the_targets():
   converted = next(converter(plain, lengths).as_numpy_iterator())
   assert "teacher_indices" not in converted
   np.testing.assert_array_equal(converted["decoder_target_tokens"], [5, 6, 7, 1, 0, 0])
+
+
+@pytest.mark.parametrize("gin_file, objective", [
+    ("experiments/cot/distill.gin", distillation.DISTRIBUTION_MATCHING),
+    ("experiments/cot/sample_matching.gin", distillation.SAMPLE_MATCHING),
+    ("experiments/cot/gsm8k_formats.gin", None),
+])
+def test_experiment_gins_parse_with_the_reference_hyperparameters(gin_file, objective):
+  import gin  # pylint: disable=g-import-not-at-top
+  from instruct_jax import cli  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    cli.parse_gin(["models/t5_1_1/tiny.gin", gin_file],
+                  ["MODEL_DIR='/tmp/unused'", "TEACHER_FILE='/tmp/unused.jsonl'",
+                   "INITIAL_CHECKPOINT_PATH=None"])
+    assert gin.query_parameter("optimizers.learning_rate_schedule.name") == "cosine"
+    assert gin.query_parameter("LEARNING_RATE/macro.value") == 5e-4
+    assert gin.query_parameter("OPTIMIZER/macro.value").selector.endswith("adamw")
+    assert gin.query_parameter("PACKING/macro.value") is False
+    if objective:
+      assert gin.query_parameter("DISTILLATION_OBJECTIVE/macro.value") == objective
+  finally:
+    gin.clear_config()

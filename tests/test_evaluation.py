@@ -1,6 +1,5 @@
 """seqio evaluation glue, rank classification, infer-eval hook, reports, and `instruct-jax eval`."""
 
-import functools
 import json
 import os
 import subprocess
@@ -36,14 +35,14 @@ def _tiny_t5():
   return factories.tiny_t5(emb_dim=32, head_dim=8, mlp_dim=64)
 
 
-def _params(model, partitioner):
+def _params(model, partitioner, shapes=None):
+  """Fresh params laid out like evaluate() lays out checkpoint params."""
   abstract, shardings = evaluation.abstract_params_and_shardings(model, partitioner)
+  shapes = shapes or {k: v.shape for k, v in factories.synthetic_batch(8).items()}
   with partitioner.activation_context():
-    init = jax.jit(lambda rng: nn.meta.unbox(model.init_params(
-        rng, {k: v.shape for k, v in factories.synthetic_batch(8).items()})),
-                   out_shardings=shardings)
-    params = init(jax.random.PRNGKey(0))
-  assert jax.tree.map(lambda a, b: a.shape == b.shape, abstract, params)
+    params = jax.jit(lambda rng: nn.meta.unbox(model.init_params(rng, shapes)),
+                     out_shardings=shardings)(jax.random.PRNGKey(0))
+  assert all(jax.tree.leaves(jax.tree.map(lambda a, b: a.shape == b.shape, abstract, params)))
   return params, shardings
 
 
@@ -110,23 +109,14 @@ def test_decoder_only_model_through_the_evaluator():
                                  head_dim=8, mlp_dim=64, dtype="float32")
   model = models.DecoderOnlyModel(decoder.DecoderOnly(config), VOCAB,
                                   inputs_bidirectional_attention=True)
-  params, shardings = _params_decoder(model, partitioner)
+  shapes = {k: (8, 16) for k in ("decoder_input_tokens", "decoder_target_tokens")}
+  params, shardings = _params(model, partitioner, shapes)
   runner = evaluation.ModelRunner(model, partitioner, shardings, batch_size=8,
                                   decode_cfg=decoding.DecodeConfig(max_decode_length=4))
   evaluator = evaluation.make_evaluator(model, "smoke_add_digits", "validation",
                                         {"inputs": 40, "targets": 8}, None, num_examples=8)
   result = evaluation.run_evaluator(evaluator, runner, params, step=0)
   assert set(result) == {"smoke_add_digits"} and 0 <= result["smoke_add_digits"]["accuracy"]
-
-
-def _params_decoder(model, partitioner):
-  abstract, shardings = evaluation.abstract_params_and_shardings(model, partitioner)
-  shapes = {k: (8, 16) for k in ("decoder_input_tokens", "decoder_target_tokens")}
-  with partitioner.activation_context():
-    params = jax.jit(lambda rng: nn.meta.unbox(model.init_params(rng, shapes)),
-                     out_shardings=shardings)(jax.random.PRNGKey(0))
-  del abstract
-  return params, shardings
 
 
 # --- rank classification ------------------------------------------------------------

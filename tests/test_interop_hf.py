@@ -89,6 +89,13 @@ def _converted(directory: str):
   return _our_model(config), jax.tree.map(np.asarray, params), hf_config
 
 
+def _our_logits(model, params, batch) -> np.ndarray:
+  apply = jax.jit(lambda p, b: model.module.apply(
+      {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"],
+      b["decoder_target_tokens"], enable_dropout=False))
+  return np.asarray(apply(params, batch))
+
+
 def _hf_logits(model, batch) -> np.ndarray:
   with torch.no_grad():
     out = model(input_ids=torch.tensor(batch["encoder_input_tokens"], dtype=torch.long),
@@ -119,9 +126,7 @@ def test_logits_match_transformers(hf_checkpoint):
   variant, hf_model, directory = hf_checkpoint
   model, params, _ = _converted(directory)
   batch = _batch()
-  ours = np.asarray(model.module.apply(
-      {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-      batch["decoder_target_tokens"], enable_dropout=False))
+  ours = _our_logits(model, params, batch)
   theirs = _hf_logits(hf_model, batch)
   valid = batch["decoder_target_tokens"] > 0
   diff = np.abs(ours - theirs)[valid]
@@ -133,7 +138,7 @@ def test_scores_match_transformers_loss(hf_checkpoint):
   variant, hf_model, directory = hf_checkpoint
   model, params, _ = _converted(directory)
   batch = _batch(seed=1)
-  ours = np.asarray(model.score_batch(params, batch))
+  ours = np.asarray(jax.jit(model.score_batch)(params, batch))
   expected = []
   for row in range(BATCH):
     length = int((batch["decoder_target_tokens"][row] > 0).sum())
@@ -359,9 +364,7 @@ def test_trained_checkpoint_exports_to_transformers(overrides, tmp_path):
   reloaded = transformers.T5ForConditionalGeneration.from_pretrained(
       str(tmp_path / "hf"), attn_implementation="eager").eval()
   batch = factories.synthetic_batch(2, input_length=24, target_length=12)
-  ours = np.asarray(model.module.apply(
-      {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-      batch["decoder_target_tokens"], enable_dropout=False))
+  ours = _our_logits(model, params, batch)
   valid = batch["decoder_target_tokens"] > 0
   diff = np.abs(ours - _hf_logits(reloaded, batch))[valid].max()
   print(f"export parity: max |logits diff| = {diff:.3g}")

@@ -92,9 +92,10 @@ def _with_bfloat16(params):
 
 
 def _logits(model, params, batch):
-  return np.asarray(model.module.apply(
-      {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-      batch["decoder_target_tokens"], enable_dropout=False))
+  apply = jax.jit(lambda p, b: model.module.apply(
+      {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"],
+      b["decoder_target_tokens"], enable_dropout=False))
+  return np.asarray(apply(params, batch))
 
 
 def _trainer(model, optimizer=None):

@@ -109,9 +109,9 @@ def test_gin_bound_vocabulary_trains_a_tiny_model(sentencepiece_file, tmp_path, 
 
   assert vocab.decode(batch["decoder_target_tokens"][0].tolist()) == targets[0]
   assert vocab.decode(batch["encoder_input_tokens"][1].tolist()) == inputs[1]
-  params = nn.meta.unbox(model.init_params(jax.random.key(0),
-                                           {k: v.shape for k, v in batch.items()}))
-  loss, metrics = model.loss_fn(params, batch, None)
+  shapes = {k: v.shape for k, v in batch.items()}
+  params = nn.meta.unbox(jax.jit(lambda rng: model.init_params(rng, shapes))(jax.random.key(0)))
+  loss, metrics = jax.jit(lambda p, b: model.loss_fn(p, b, None))(params, batch)
   assert np.isfinite(float(loss)) and float(metrics["num_tokens"]) > 0
 
 

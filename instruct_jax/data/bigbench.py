@@ -22,6 +22,12 @@ This covers BIG-Bench Hard (task.json files with "input"/"target" only) and the
 algorithmic-reasoning tasks used to evaluate symbol tuning. Files are read with
 tf.io.gfile, so local paths and gs:// both work. Splits: "all" (every example,
 what benchmarks report), and a deterministic "train" / "validation" partition.
+Register from your own registry module (imported via MIXTURE_OR_TASK_MODULE):
+
+    bigbench.register_bigbench_directory("/data/bbh", vocabulary, prefix="bbh_",
+                                         mixture_name="bbh")
+    # then: instruct-jax eval ... --gin.MIXTURE_OR_TASK_NAME="'bbh_gen'" \
+    #   --gin.EVAL_SPLIT="'all'" --gin.MIXTURE_OR_TASK_MODULE="'my_registry'"
 """
 
 import dataclasses
@@ -190,8 +196,10 @@ def prediction_postprocessor(output: Any, example: Optional[Mapping[str, Any]] =
                              output_regex: Optional[str] = None) -> Any:
   """seqio postprocess_fn: targets -> all answers; predictions -> cut at stop_string / regex.
 
-  As in BIG-bench: text after the first stop_string is dropped, then the
-  first match of output_regex (if given) is the answer ("" when none).
+  As in BIG-bench: text after the first stop_string is dropped, then the first
+  match of output_regex (if given) is the answer ("" when none). A regex with
+  a capture group yields the group, e.g. r"the answer is (.*?)\\." for
+  chain-of-thought outputs.
   """
   if is_target:
     return metrics.answers_postprocessor(output, example, is_target=True)
@@ -200,7 +208,7 @@ def prediction_postprocessor(output: Any, example: Optional[Mapping[str, Any]] =
     text = text.split(stop_string, 1)[0]
   if output_regex:
     match = re.search(output_regex, text)
-    text = match.group(0) if match else ""
+    text = (match.group(1) if match.re.groups else match.group(0)) if match else ""
   return text
 
 
@@ -212,11 +220,13 @@ def register_bigbench_task(name: str, path: str, vocabulary: seqio.Vocabulary, *
                            example_output_prefix: Optional[str] = None,
                            choice_prefix: Optional[str] = None,
                            append_choices_to_input: Optional[bool] = None,
-                           few_shot_example_separator: Optional[str] = None) -> list[str]:
+                           few_shot_example_separator: Optional[str] = None,
+                           stop_string: Optional[str] = None,
+                           output_regex: Optional[str] = None) -> list[str]:
   """Registers <name>_gen and, if every example has target_scores, <name>_mc.
 
-  Prompt-format arguments override the file's keys (None keeps them). Returns
-  the registered names. Re-registering a name replaces it.
+  Prompt-format and output arguments override the file's keys (None keeps
+  them). Returns the registered names. Re-registering a name replaces it.
   """
   task_json = read_task_json(path)
   fmt = PromptFormat.from_task_json(
@@ -243,8 +253,11 @@ def register_bigbench_task(name: str, path: str, vocabulary: seqio.Vocabulary, *
   _replace_task(names[0], source=source(False), output_features=output_features,
                 preprocessors=tokenize_steps,
                 postprocess_fn=functools.partial(
-                    prediction_postprocessor, stop_string=task_json.get("stop_string"),
-                    output_regex=task_json.get("output_regex")),
+                    prediction_postprocessor,
+                    stop_string=stop_string if stop_string is not None
+                    else task_json.get("stop_string"),
+                    output_regex=output_regex if output_regex is not None
+                    else task_json.get("output_regex")),
                 metric_fns=[metrics.accuracy])
   if multiple_choice:
     names.append(name + MULTIPLE_CHOICE_SUFFIX)
@@ -252,6 +265,45 @@ def register_bigbench_task(name: str, path: str, vocabulary: seqio.Vocabulary, *
                   preprocessors=[templates.rank_classification_rows, *tokenize_steps],
                   postprocess_fn=metrics.rank_classification_postprocessor,
                   metric_fns=[metrics.rank_classification_accuracy])
+  return names
+
+
+def task_files(directory: str) -> dict[str, str]:
+  """{task name: path} of the BIG-bench JSON tasks in a directory.
+
+  Understands both layouts: BIG-bench's benchmark_tasks/<name>/task.json and
+  BIG-Bench Hard's flat <name>.json files.
+  """
+  found = {}
+  for path in sorted(tf.io.gfile.glob(f"{directory.rstrip('/')}/*/task.json")):
+    found[path.rstrip("/").split("/")[-2]] = path
+  for path in sorted(tf.io.gfile.glob(f"{directory.rstrip('/')}/*.json")):
+    found.setdefault(path.rsplit("/", 1)[-1][:-len(".json")], path)
+  if not found:
+    raise FileNotFoundError(f"No BIG-bench task files in {directory}: expected <name>/task.json "
+                            "(BIG-bench) or <name>.json (BIG-Bench Hard) entries.")
+  return found
+
+
+def register_bigbench_directory(directory: str, vocabulary: seqio.Vocabulary, prefix: str,
+                                mixture_name: Optional[str] = None, **kwargs) -> list[str]:
+  """register_bigbench_task for every task file of `directory`, named prefix + file name.
+
+  With `mixture_name`, also registers mixtures <mixture_name>_gen and (when
+  some tasks have them) <mixture_name>_mc over the tasks of each kind, e.g.
+  for evaluating all of BIG-Bench Hard in one `instruct-jax eval`. kwargs go
+  to register_bigbench_task. Returns every registered name.
+  """
+  names = []
+  for task, path in task_files(directory).items():
+    names.extend(register_bigbench_task(prefix + task, path, vocabulary, **kwargs))
+  if mixture_name:
+    for suffix in (GENERATIVE_SUFFIX, MULTIPLE_CHOICE_SUFFIX):
+      members = [n for n in names if n.endswith(suffix)]
+      if members:
+        seqio.MixtureRegistry.remove(mixture_name + suffix)
+        seqio.MixtureRegistry.add(mixture_name + suffix, members, default_rate=1.0)
+        names.append(mixture_name + suffix)
   return names
 
 

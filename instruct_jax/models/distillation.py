@@ -36,6 +36,11 @@ from instruct_jax.errors import UsageError
 from instruct_jax.models import model as models
 from instruct_jax.train import losses
 
+# The base model's sentinel for "use the model's own loss_normalizing_factor" and its
+# example counter, shared so both models report identical metrics.
+_MODEL_FACTOR = models._MODEL_FACTOR  # pylint: disable=protected-access
+_num_examples = models._num_examples  # pylint: disable=protected-access
+
 TEACHER_INDICES = "teacher_indices"
 TEACHER_PROBS = "teacher_probs"
 DISTRIBUTION_MATCHING = "distribution_matching"
@@ -128,7 +133,7 @@ class DistillationModel(models.EncoderDecoderModel):
 
   def loss_fn(self, params: Any, batch: Mapping[str, jax.Array],
               dropout_rng: Optional[jax.Array],
-              loss_normalizing_factor: Any = models._MODEL_FACTOR  # pylint: disable=protected-access
+              loss_normalizing_factor: Any = _MODEL_FACTOR
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """KL(teacher || student) + z-loss under distribution matching, else the NLL loss."""
     if self.objective == SAMPLE_MATCHING:
@@ -139,7 +144,7 @@ class DistillationModel(models.EncoderDecoderModel):
           f"[batch, length, k]; got {sorted(batch)}. Train on teacher tasks "
           "(tasks_registry.cot.register_teacher_tasks) with model.feature_converter(False), "
           "or use objective='sample_matching'.")
-    if loss_normalizing_factor is models._MODEL_FACTOR:  # pylint: disable=protected-access
+    if loss_normalizing_factor is _MODEL_FACTOR:
       loss_normalizing_factor = self.loss_normalizing_factor
     logits = self._logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
@@ -164,6 +169,6 @@ class DistillationModel(models.EncoderDecoderModel):
         "cross_ent_loss": loss - z_loss,
         "correct_tokens": jnp.sum(correct * token_counts),
         "num_tokens": jnp.sum(token_counts),
-        "num_examples": models._num_examples(token_counts, batch.get("decoder_segment_ids")),  # pylint: disable=protected-access
+        "num_examples": _num_examples(token_counts, batch.get("decoder_segment_ids")),
     }
     return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}

@@ -51,7 +51,7 @@ def _num_examples(token_counts: Array, segment_ids: Optional[Array]) -> Array:
 
 
 class _LossMixin:
-  """Loss, metrics and scoring shared by both model families."""
+  """Loss, metrics, scoring and decoding shared by both model families."""
 
   module: nn.Module
   z_loss: float
