@@ -286,3 +286,25 @@ def test_spec_paths_resolve_against_the_checkpoint_dir():
       "driver": "gcs", "bucket": "t5-data",
       "path": "pretrained_models/t5x/x/checkpoint_9/target.token_embedder.embedding"}
   assert gcs_spec["kvstore"]["bucket"] == "t5x-dummy-bucket"  # input left untouched
+
+
+def test_trainer_carries_adafactor_state_from_initial_checkpoint(tmp_path):
+  model, params = _model_and_params()
+  tx = optimizers.adafactor(1e-3, min_dim_size_to_factor=32)
+  fresh = _trainer(model, tx).state_from_params(params)
+  param_states = _t5x_param_states(params, fresh.opt_state, np.random.default_rng(1))
+  write_legacy_t5x_checkpoint(str(tmp_path / "checkpoint_500"), params,
+                              param_states=param_states, step=500)
+  import tasks_registry  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from instruct_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  cfg = pipeline.DatasetConfig("smoke_train", {"inputs": 16, "targets": 8}, "train",
+                               batch_size=BATCH, shuffle=False, seed=0)
+  state = trainer_lib.train(model=model, train_dataset_cfg=cfg, optimizer=tx,
+                            model_dir=str(tmp_path / "run"), total_steps=0,
+                            partitioner=partitioning.Partitioner(parameter_partitioning_dims=2),
+                            initial_checkpoint_path=str(tmp_path / "checkpoint_500"),
+                            carry_adafactor_state=True)
+  factored = optimizers.factored_state(state.opt_state)
+  assert int(factored.count) == 500
+  np.testing.assert_array_equal(np.asarray(factored.v_row["token_embedder"]["embedding"]),
+                                param_states["token_embedder"]["embedding"]["v_row"])

@@ -286,6 +286,7 @@ def train(*,
           eval_period: Optional[int] = None,
           random_seed: int = 0,
           initial_checkpoint_path: Optional[str] = None,
+          carry_adafactor_state: bool = False,
           num_microbatches: Optional[int] = None,
           log_period: int = 10,
           infer_eval_fn: Optional[Callable[["Trainer", Any, int], Mapping[str, float]]] = None
@@ -294,7 +295,8 @@ def train(*,
 
   Restore precedence: the latest checkpoint in `model_dir` (full state and data
   position), else `initial_checkpoint_path` (params only, step 0), else fresh
-  parameters from `random_seed`. Every `eval_period` steps it runs teacher-forced
+  parameters from `random_seed`. With `carry_adafactor_state`, a t5x
+  INITIAL_CHECKPOINT_PATH also seeds Adafactor's second moments. Every `eval_period` steps it runs teacher-forced
   eval on `train_eval_dataset_cfg` and calls `infer_eval_fn(trainer, params, step)`
   (decoding / scoring evaluation), logging the scalars each returns.
   """
@@ -324,6 +326,11 @@ def train(*,
     params = checkpoints.load_params(initial_checkpoint_path, trainer.abstract_params)
     state = trainer.state_from_params(params)
     logging.info("Fine-tuning from params in %s.", initial_checkpoint_path)
+    if carry_adafactor_state:
+      opt_state, report = checkpoints.load_adafactor_state(initial_checkpoint_path,
+                                                           state.opt_state)
+      state = state.replace(opt_state=opt_state)
+      logging.info("%s", report.summary())
   else:
     state = trainer.init_state(random_seed)
 
