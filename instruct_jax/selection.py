@@ -298,10 +298,13 @@ def run(args) -> None:
       task_feature_lengths={"inputs": args.inputs_length, "targets": args.targets_length},
       split=args.split, batch_size=args.batch_size, shuffle=False, seed=42,
       module=args.module)
-  selection = select_checkpoint(
-      model=model, model_dir=args.model_dir, dataset_cfg=dataset_cfg,
-      partitioner=partitioning.Partitioner(num_partitions=args.num_partitions),
-      output_dir=args.output_dir, num_examples=args.num_examples, steps=steps)
+  try:
+    selection = select_checkpoint(
+        model=model, model_dir=args.model_dir, dataset_cfg=dataset_cfg,
+        partitioner=partitioning.Partitioner(num_partitions=args.num_partitions),
+        output_dir=args.output_dir, num_examples=args.num_examples, steps=steps)
+  except FileNotFoundError as e:  # e.g. a held-out set's file (its message says where to put it)
+    raise UsageError(str(e)) from e
   if jax.process_index() == 0:
     with tf.io.gfile.GFile(selection.paths["md"]) as f:
       print(f.read(), flush=True)
