@@ -28,12 +28,14 @@ Registered names (prefix "" by default):
                                        BIG-bench list_functions and simp_turing_concept, only
                                        after register_algorithmic_tasks(bigbench_dir)
 
-The 22 tuning datasets. The paper tunes on 22 public HuggingFace classification
-datasets; this project reads TensorFlow Datasets only, so the list is the
-paper's where TFDS has the dataset and our choice otherwise (TweetEval,
-Rotten Tomatoes, SUBJ and friends are not in TFDS 4.9.10). The FLAN
-registry's definitions (TFDS source, fields, natural labels) are reused for
-the twenty FLAN classification datasets with fixed labels:
+The 22 tuning datasets. The paper tunes on 22 public classification datasets
+from HuggingFace (sentiment, NLI, paraphrase, topic and other tasks, among them
+SST-2, Rotten Tomatoes and TweetEval subsets); this project reads TensorFlow
+Datasets only, and several of those (TweetEval, Rotten Tomatoes, SUBJ) are not
+in TFDS 4.9.10. So the list below is OUR CHOICE of 22 TFDS datasets covering the
+same kinds of tasks, with the paper's datasets where TFDS has them. The FLAN
+registry's definitions (TFDS source, fields, natural labels) are reused for the
+twenty FLAN classification datasets with a fixed label set:
   NLI          anli (rounds r1-r3, one task each), cb, mnli (matched), qnli, rte, snli, wnli
   sentiment    imdb_reviews, sentiment140, sst2, yelp_polarity_reviews, movie_rationales*
   paraphrase   mrpc, qqp, paws_wiki
@@ -49,6 +51,12 @@ at 2,000 examples.
 
 Word symbols exclude every natural label (and each word of one) of all these
 datasets, so no target is a natural label in disguise.
+
+Prompts (PromptSettings): 4 exemplars per class drawn from the first 64 train
+examples of each class, "Input: ... / Answer: ..." format, token budget = the
+run's inputs length - 1, seed 0. Importing the module registers everything with
+these defaults and the T5 SentencePiece vocabulary; for other settings call
+register(prefix="my_", settings=PromptSettings(...)) from your own registry module.
 """
 from __future__ import annotations
 
@@ -352,6 +360,9 @@ def eval_task_name(data: SymbolDataset, setting: str, prefix: str = "") -> str:
 def mix_name(percent: float, prefix: str = "") -> str:
   """symbol_tuning_mix_16 for 16%; 12.5% -> symbol_tuning_mix_12p5."""
   return f"{prefix}symbol_tuning_mix_{percent:g}".replace(".", "p")
+
+
+DEFAULT_MIXTURE = mix_name(DEFAULT_SYMBOL_PERCENT)  # symbol_tuning_mix_16
 
 
 # --------------------------------------------------------------------------
