@@ -38,6 +38,7 @@ COMMAND_MODULES = {
     "infer": "instruct_jax.inference",
     "select": "instruct_jax.selection",
     "symbol-eval": "instruct_jax.symbol_eval",
+    "sweep": "instruct_jax.sweep",
 }
 COMMAND_HELP = {
     "train": "Train or fine-tune on a seqio task/mixture (gin: runs/*.gin + models/*.gin).",
@@ -48,6 +49,7 @@ COMMAND_HELP = {
     "select": "Evaluate every checkpoint of a run on held-out tasks and pick the best one.",
     "symbol-eval": "Symbol-tuning eval suites on a checkpoint + side-by-side report "
                    "(gin: experiments/symbol_tuning/eval.gin).",
+    "sweep": "FLAN leave-one-cluster-out sweep: train + zero-shot eval per held-out cluster.",
 }
 
 

@@ -77,11 +77,6 @@ class DecodeConfig:
       raise ValueError(f"DecodeConfig.alpha={self.alpha} must be >= 0 (0 disables the "
                        "length penalty).")
 
-  @property
-  def num_rows_per_example(self) -> int:
-    """Rows of decoder state each example needs (beams for beam search)."""
-    return self.num_beams if self.method == "beam" else 1
-
 
 def brevity_penalty(alpha: float, length: Array) -> Array:
   """The GNMT / t5x length penalty ((5 + length) / 6) ** alpha that divides beam scores."""

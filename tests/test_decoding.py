@@ -159,6 +159,17 @@ def test_decoder_only_cached_equals_uncached(decoder_setup):
   np.testing.assert_allclose(cached[1], uncached[1], rtol=1e-5, atol=1e-4)
 
 
+def test_prefix_lm_beam_search_cached_equals_uncached():
+  model = _decoder_model(prefix=True)
+  batch = _decoder_batch(seed=3)
+  params = _init(model, batch, seed=2)
+  cfg = dict(method="beam", num_beams=2, max_decode_length=5)
+  cached = _predict(model, params, batch, decoding.DecodeConfig(**cfg))
+  uncached = _predict(model, params, batch, decoding.DecodeConfig(use_cache=False, **cfg))
+  np.testing.assert_array_equal(cached[0], uncached[0])
+  np.testing.assert_allclose(cached[1], uncached[1], rtol=1e-5, atol=1e-4)
+
+
 def test_decoder_only_continues_prompt_greedily(decoder_setup):
   """Each generated token is the argmax of teacher-forced logits on prompt + output."""
   model, params, batch = decoder_setup

@@ -1,0 +1,604 @@
+"""Experiment sweeps: the `instruct-jax sweep` command.
+
+    instruct-jax sweep flan-holdout --model_dir_root=gs://bucket/flan_holdout \
+        --gin_file=models/t5_1_1/base.gin [--clusters=nli,sentiment] [--dry-run]
+
+`flan-holdout` is FLAN's leave-one-cluster-out protocol. For every held-out
+cluster c (default: all of tasks_registry.flan.clusters.CLUSTERS) it runs
+
+  1. `instruct-jax train` with experiments/flan/holdout_<c>.gin, then your gin
+     files and bindings, MODEL_DIR = <root>/holdout_<c>: instruction tuning on
+     <prefix>holdout_<c>_train (every other cluster minus FLAN's exclusions);
+  2. `instruct-jax eval` with runs/eval.gin, then your gin files and bindings,
+     on the newest (= final) checkpoint of that MODEL_DIR: zero-shot on
+     <prefix>holdout_<c>_eval (rank classification where a dataset has
+     options), results in <root>/holdout_<c>/zero_shot/inference_eval/;
+
+and finally writes the aggregate, one bar per held-out cluster, with
+instruct_jax.reports: <root>/sweep_report.{md,json,png}.
+
+Your gin files come AFTER the sweep's own gin file in both commands, so they
+override it (a model gin binds nothing the experiment gins bind, so order
+does not matter for it). `--gin.KEY=VALUE` bindings go to both commands;
+bindings of configurables that only one side imports go through
+--train_binding / --eval_binding.
+
+Each run is a separate `python -m instruct_jax` process by default: gin state
+and accelerator memory start clean, and a crash stays contained. When this
+process is itself part of a multi-process job (--coordinator_address, or a
+Cloud TPU VM, where jax.distributed is already initialised), runs happen in
+this process instead (gin config cleared between them): a second process
+could neither join the job nor open the TPU. MODEL_DIR roots must then be on
+storage all hosts share (gs://).
+
+A failed cluster is reported with its error and the sweep goes on; the exit
+status is non-zero if any failed. Rerunning the same command skips clusters
+whose zero-shot results exist (--force reruns them: training resumes from the
+newest checkpoint, which is a no-op for a finished run, then evaluates again).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import difflib
+import importlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import traceback
+from typing import Any, Callable, Optional, Sequence
+
+from instruct_jax import evaluation
+from instruct_jax import reports
+from instruct_jax.errors import ActionableError
+from instruct_jax.errors import UsageError
+from instruct_jax.train import checkpoints
+from tasks_registry.flan import clusters as flan_clusters
+from tasks_registry.flan import mixtures as flan_mixtures
+from tasks_registry.flan import tasks as flan_tasks
+
+SWEEPS = ("flan-holdout",)
+LAUNCHERS = ("auto", "subprocess", "in_process")
+PROGRAM = "instruct-jax"
+EXPERIMENT_GIN = "experiments/flan/holdout_{cluster}.gin"
+EVAL_GIN = "runs/eval.gin"
+CLUSTER_TABLE = "tasks_registry.flan.clusters.CLUSTERS"
+ZERO_SHOT_SUBDIR = "zero_shot"
+REPORT_STEM = "sweep_report"
+# Macros the sweep sets per cluster; a user binding of one would point every cluster at
+# the same directory or mixture.
+_OWNED_MACROS = {
+    "MODEL_DIR": "--model_dir_root",
+    "CHECKPOINT_PATH": "--model_dir_root",
+    "EVAL_OUTPUT_DIR": "--model_dir_root",
+    "MIXTURE_OR_TASK_NAME": "--task_prefix (and --task_module to register the tasks)",
+    "MIXTURE_OR_TASK_MODULE": "--task_module",
+}
+_METRICS_FILE = re.compile(r"metrics_step_(\d+)\.json$")
+_CHECKPOINT_DIR = re.compile(rf"^{checkpoints.STEP_PREFIX}_(\d+)$")
+# Characters that keep their meaning inside double quotes in POSIX shells.
+_UNSAFE_IN_DOUBLE_QUOTES = set('"$`\\!')
+
+Launcher = Callable[[Sequence[str]], None]
+
+
+class StepFailedError(Exception):
+  """One train or eval run of the sweep failed; the message says why."""
+
+
+class SweepFailedError(ActionableError):
+  """At least one cluster failed; the others finished (the CLI exits with status 1)."""
+
+
+# ---------------------------------------------------------------------------
+# The plan: one train and one eval command per held-out cluster.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  """What the user asked for; everything a plan is derived from."""
+  model_dir_root: str
+  clusters: tuple[str, ...] = tuple(flan_clusters.CLUSTERS)
+  gin_files: tuple[str, ...] = ()
+  bindings: tuple[str, ...] = ()          # "KEY = VALUE", to train and eval
+  train_bindings: tuple[str, ...] = ()    # to train only
+  eval_bindings: tuple[str, ...] = ()     # to eval only
+  gin_search_paths: tuple[str, ...] = ()
+  task_prefix: str = flan_tasks.DEFAULT_PREFIX
+  task_module: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterRun:
+  """The two commands of one held-out cluster and where they write."""
+  cluster: str
+  train_mixture: str
+  eval_mixture: str
+  model_dir: str
+  eval_output_dir: str
+  train_argv: tuple[str, ...]   # arguments after `instruct-jax`
+  eval_argv: tuple[str, ...]
+
+  @property
+  def results_dir(self) -> str:
+    """Where `instruct-jax eval` writes metrics_step_<step>.json and its report."""
+    return os.path.join(self.eval_output_dir, evaluation.EVAL_SUBDIR)
+
+
+def gin_string(value: str) -> str:
+  """A gin string literal (gin reads Python string syntax)."""
+  return repr(str(value))
+
+
+def binding_flag(binding: str) -> str:
+  """"KEY = VALUE" -> "--gin.KEY=VALUE" (the form the CLI splits back)."""
+  key, value = _split_binding(binding)
+  return f"--gin.{key}={value}"
+
+
+def _split_binding(binding: str) -> tuple[str, str]:
+  if "=" not in binding:
+    raise UsageError(f"Gin binding {binding!r} has no '='; write KEY=VALUE, e.g. "
+                     "TRAIN_STEPS=1000 or MODEL_DIR=\"'/tmp/run'\".")
+  key, value = binding.split("=", 1)
+  key, value = key.strip(), value.strip()
+  if not key:
+    raise UsageError(f"Gin binding {binding!r} has no name before '='.")
+  return key, value
+
+
+def shell_quote(arg: str) -> str:
+  """One argument for a POSIX shell, readable: --gin.MODEL_DIR="'/tmp/run'".
+
+  `--flag=value` arguments whose value needs quoting are written with the
+  value in double quotes (the house style for gin strings); anything that
+  double quotes would not protect falls back to shlex.quote.
+  """
+  if shlex.quote(arg) == arg:
+    return arg
+  flag, equals, value = arg.partition("=")
+  if (equals and flag.startswith("--") and shlex.quote(flag) == flag
+      and not _UNSAFE_IN_DOUBLE_QUOTES & set(value)):
+    return f'{flag}="{value}"'
+  return shlex.quote(arg)
+
+
+def command_line(argv: Sequence[str]) -> str:
+  """`instruct-jax ...` as one shell-quoted line."""
+  return " ".join(shell_quote(a) for a in (PROGRAM, *argv))
+
+
+def _normalized_root(root: str) -> str:
+  root = root.rstrip("/") or root
+  if "://" in root:
+    return root
+  return os.path.abspath(os.path.expanduser(root))
+
+
+def _check_bindings(bindings: Sequence[str]) -> None:
+  for binding in bindings:
+    key, _ = _split_binding(binding)
+    macro = key.split("/")[-1]
+    if macro in _OWNED_MACROS:
+      raise UsageError(
+          f"The sweep sets {macro} itself, once per held-out cluster; found the binding "
+          f"{binding!r}. Drop it and use {_OWNED_MACROS[macro]} instead.")
+
+
+def check_clusters(names: Sequence[str]) -> tuple[str, ...]:
+  """The requested clusters in the given order, duplicates removed; unknown -> UsageError."""
+  known = list(flan_clusters.CLUSTERS)
+  result = []
+  for name in names:
+    if name not in flan_clusters.CLUSTERS:
+      close = difflib.get_close_matches(name, known, n=3)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      raise UsageError(f"Unknown FLAN cluster {name!r} in --clusters.{hint} Expected names "
+                       f"from tasks_registry/flan/clusters.py: {', '.join(known)}.")
+    if name not in result:
+      result.append(name)
+  if not result:
+    raise UsageError(f"--clusters names no cluster; give e.g. --clusters={known[0]},{known[1]} "
+                     "or leave it out to sweep all of them.")
+  return tuple(result)
+
+
+def plan(config: SweepConfig) -> list[ClusterRun]:
+  """The commands for every cluster of `config` (nothing is run or checked on disk)."""
+  clusters = check_clusters(config.clusters)
+  for bindings in (config.bindings, config.train_bindings, config.eval_bindings):
+    _check_bindings(bindings)
+  root = _normalized_root(config.model_dir_root)
+  prefix = config.task_prefix
+  common = [f"--gin_search_paths={p}" for p in config.gin_search_paths]
+  user_files = [f"--gin_file={f}" for f in config.gin_files]
+  module = ([f"--gin.MIXTURE_OR_TASK_MODULE={gin_string(config.task_module)}"]
+            if config.task_module else [])
+  shared = [binding_flag(b) for b in config.bindings]
+  runs = []
+  for cluster in clusters:
+    train_mixture = flan_mixtures.mixture_name("train", cluster, prefix)
+    eval_mixture = flan_mixtures.mixture_name("eval", cluster, prefix)
+    model_dir = os.path.join(root, f"holdout_{cluster}")
+    eval_output_dir = os.path.join(model_dir, ZERO_SHOT_SUBDIR)
+    train_argv = [
+        "train", f"--gin_file={EXPERIMENT_GIN.format(cluster=cluster)}", *user_files, *common,
+        f"--gin.MODEL_DIR={gin_string(model_dir)}"]
+    if prefix != flan_tasks.DEFAULT_PREFIX:
+      train_argv.append(f"--gin.MIXTURE_OR_TASK_NAME={gin_string(train_mixture)}")
+    train_argv += [*module, *shared, *(binding_flag(b) for b in config.train_bindings)]
+    eval_argv = [
+        "eval", f"--gin_file={EVAL_GIN}", *user_files, *common,
+        f"--gin.CHECKPOINT_PATH={gin_string(model_dir)}",
+        f"--gin.EVAL_OUTPUT_DIR={gin_string(eval_output_dir)}",
+        f"--gin.MIXTURE_OR_TASK_NAME={gin_string(eval_mixture)}",
+        f"--gin.CLUSTER_TABLE={gin_string(CLUSTER_TABLE)}",
+        f"--gin.CLUSTER_PREFIX={gin_string(prefix)}",
+        *module, *shared, *(binding_flag(b) for b in config.eval_bindings)]
+    runs.append(ClusterRun(cluster, train_mixture, eval_mixture, model_dir, eval_output_dir,
+                           tuple(train_argv), tuple(eval_argv)))
+  return runs
+
+
+def check_mixtures_registered(runs: Sequence[ClusterRun], task_module: Optional[str]) -> None:
+  """Fails before any run when a cluster's train or eval mixture is not registered."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  importlib.import_module("tasks_registry")
+  if task_module:
+    try:
+      importlib.import_module(task_module)
+    except ImportError as e:
+      raise UsageError(f"Cannot import --task_module {task_module!r} ({e}); give an importable "
+                       "module that registers the prefixed FLAN copy.") from e
+  registered = set(seqio.MixtureRegistry.names())
+  missing = [m for r in runs for m in (r.train_mixture, r.eval_mixture) if m not in registered]
+  if missing:
+    raise UsageError(
+        f"Mixture(s) {', '.join(missing)} are not registered. With --task_prefix, register the "
+        "copy first, e.g. in a module passed as --task_module that calls "
+        "tasks_registry.flan.register(vocabulary=..., prefix=...).")
+
+
+# ---------------------------------------------------------------------------
+# Running: launchers and results on disk.
+# ---------------------------------------------------------------------------
+
+
+def run_subprocess(argv: Sequence[str]) -> None:
+  """Runs `python -m instruct_jax ARGV`; its stderr is relayed and its tail kept for errors."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  process = subprocess.Popen([sys.executable, "-m", "instruct_jax", *argv],
+                             stderr=subprocess.PIPE, text=True, errors="replace")
+  tail = collections.deque(maxlen=50)
+  for line in process.stderr:
+    sys.stderr.write(line)
+    tail.append(line.rstrip("\n"))
+  code = process.wait()
+  if code:
+    raise StepFailedError(f"exit status {code}: {_error_summary(list(tail))}")
+
+
+def _error_summary(lines: Sequence[str]) -> str:
+  """The CLI's own one-line error if it printed one, else the last lines of stderr."""
+  for line in reversed(lines):
+    if line.startswith(f"{PROGRAM}: error:"):
+      return line[len(f"{PROGRAM}: error:"):].strip()
+  meaningful = [l.strip() for l in lines if l.strip()]
+  return " | ".join(meaningful[-3:]) or "no error output"
+
+
+def run_in_process(argv: Sequence[str]) -> None:
+  """Runs `instruct-jax ARGV` in this process: the CLI's parsing, gin cleared around it.
+
+  For processes that are already part of a multi-process job; the job stays
+  joined (multi-host flags are not repeated).
+  """
+  import gin  # pylint: disable=g-import-not-at-top  # Command edge: binds gin, as cli does.
+  from instruct_jax import cli  # pylint: disable=g-import-not-at-top  # cli imports commands.
+  rest, bindings = cli.split_gin_bindings(argv)
+  command = rest[0]
+  gin.clear_config()
+  try:
+    args = cli._build_parser(command).parse_args(rest)  # pylint: disable=protected-access
+    cli.parse_gin(args.gin_file, bindings, args.gin_search_paths)
+    if command == "train":
+      cli._run_train(args)  # pylint: disable=protected-access
+    else:
+      importlib.import_module(cli.COMMAND_MODULES[command]).run(args)
+  except ActionableError as e:
+    raise StepFailedError(str(e)) from e
+  except SystemExit as e:
+    if e.code not in (0, None):
+      raise StepFailedError(f"exited with status {e.code}") from e
+  except Exception as e:  # pylint: disable=broad-except  # Reported; the sweep goes on.
+    traceback.print_exc()
+    raise StepFailedError(f"{type(e).__name__}: {e}") from e
+  finally:
+    gin.clear_config()
+
+
+def _gfile():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.io.gfile
+
+
+def find_results(run: ClusterRun) -> Optional[tuple[int, str]]:
+  """(step, path) of the newest metrics_step_<step>.json the cluster's eval wrote, if any."""
+  gfile = _gfile()
+  if not gfile.isdir(run.results_dir):
+    return None
+  found = []
+  for name in gfile.listdir(run.results_dir):
+    match = _METRICS_FILE.match(name)
+    if match:
+      found.append((int(match.group(1)), os.path.join(run.results_dir, name)))
+  return max(found) if found else None
+
+
+def check_training_finished(run: ClusterRun) -> None:
+  """Raises StepFailedError when the newest checkpoint is short of the run's total steps.
+
+  A trainer stopped by SIGTERM (preemption) saves and exits cleanly; evaluating
+  that checkpoint would record a half-trained result that later reruns skip.
+  The target comes from the config.gin the train command wrote into MODEL_DIR.
+  """
+  gfile = _gfile()
+  config_path = os.path.join(run.model_dir, "config.gin")
+  if not gfile.exists(config_path):
+    return
+  with gfile.GFile(config_path) as f:
+    config = f.read()
+  target = (re.search(r"^trainer\.train\.total_steps = (\d+)\s*$", config, re.M)
+            or re.search(r"^TRAIN_STEPS = (\d+)\s*$", config, re.M))
+  steps = [int(m.group(1)) for m in (_CHECKPOINT_DIR.match(n.rstrip("/"))
+                                     for n in gfile.listdir(run.model_dir)) if m]
+  if target and steps and max(steps) < int(target.group(1)):
+    raise StepFailedError(
+        f"training stopped at step {max(steps)} of {target.group(1)} (preempted or "
+        f"interrupted?); rerun the sweep to resume it from {run.model_dir}")
+
+
+def load_results(path: str) -> dict[str, dict[str, float]]:
+  """{task: {metric: value}} from an eval metrics_step_<step>.json."""
+  with _gfile().GFile(path) as f:
+    return json.load(f)["tasks"]
+
+
+@dataclasses.dataclass
+class ClusterOutcome:
+  """What happened to one cluster in this invocation."""
+  cluster: str
+  status: str                      # "evaluated" | "existing" | "failed"
+  stage: Optional[str] = None      # "train" | "eval" when failed
+  error: Optional[str] = None
+  step: Optional[int] = None
+  results_path: Optional[str] = None
+  task_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+
+
+def run_cluster(run: ClusterRun, launcher: Launcher, force: bool = False,
+                say: Callable[[str], None] = print) -> ClusterOutcome:
+  """Train then evaluate one held-out cluster, or reuse results already on disk."""
+  existing = find_results(run)
+  if existing and not force:
+    step, path = existing
+    say(f"[sweep] holdout {run.cluster}: zero-shot results exist ({path}, step {step}); "
+        "skipping. Pass --force to run it again.")
+    return ClusterOutcome(run.cluster, "existing", step=step, results_path=path,
+                          task_metrics=load_results(path))
+  for stage, argv in (("train", run.train_argv), ("eval", run.eval_argv)):
+    say(f"[sweep] holdout {run.cluster}: {stage}: {command_line(argv)}")
+    try:
+      launcher(argv)
+      if stage == "train":
+        check_training_finished(run)
+    except StepFailedError as e:
+      say(f"[sweep] holdout {run.cluster}: {stage} FAILED: {e}")
+      return ClusterOutcome(run.cluster, "failed", stage=stage, error=str(e))
+  found = find_results(run)
+  if not found:
+    error = f"eval finished but wrote no metrics_step_<step>.json in {run.results_dir}"
+    say(f"[sweep] holdout {run.cluster}: eval FAILED: {error}")
+    return ClusterOutcome(run.cluster, "failed", stage="eval", error=error)
+  step, path = found
+  say(f"[sweep] holdout {run.cluster}: done (step {step}, {path}).")
+  return ClusterOutcome(run.cluster, "evaluated", step=step, results_path=path,
+                        task_metrics=load_results(path))
+
+
+# ---------------------------------------------------------------------------
+# The aggregate report.
+# ---------------------------------------------------------------------------
+
+
+def aggregate_report(outcomes: Sequence[ClusterOutcome]) -> dict[str, Any]:
+  """reports.build_report over every finished cluster, a cluster being the held-out one."""
+  owner = {task: o.cluster for o in outcomes for task in o.task_metrics}
+  merged = {task: metrics for o in outcomes for task, metrics in o.task_metrics.items()}
+  return reports.build_report(merged, cluster_of=owner.__getitem__)
+
+
+def _runs_table(outcomes: Sequence[ClusterOutcome], runs: Sequence[ClusterRun],
+                report: dict[str, Any]) -> str:
+  scores = {c["cluster"]: c["mean_score"] for c in report["clusters"]}
+  model_dirs = {r.cluster: r.model_dir for r in runs}
+  lines = ["## Runs", "", "| Held-out cluster | Status | Step | Zero-shot score | MODEL_DIR |",
+           "|---|---|---:|---:|---|"]
+  for o in outcomes:
+    status = {"existing": "done earlier (skipped)",
+              "failed": f"failed in {o.stage}"}.get(o.status, o.status)
+    score = scores.get(o.cluster)
+    lines.append(f"| {o.cluster} | {status} | {'-' if o.step is None else o.step} | "
+                 f"{'-' if score is None else f'{score:.2f}'} | {model_dirs[o.cluster]} |")
+  failures = [o for o in outcomes if o.status == "failed"]
+  if failures:
+    lines += ["", "### Failures", ""]
+    lines += [f"- {o.cluster} ({o.stage}): {o.error}" for o in failures]
+  return "\n".join(lines) + "\n"
+
+
+def write_aggregate(root: str, config: SweepConfig, runs: Sequence[ClusterRun],
+                    outcomes: Sequence[ClusterOutcome]) -> tuple[dict[str, str], str]:
+  """<root>/sweep_report.{md,json,png}; returns the paths and the markdown."""
+  gfile = _gfile()
+  report = aggregate_report(outcomes)
+  title = "FLAN zero-shot on held-out clusters"
+  markdown = reports.render_markdown(report, title) + "\n" + _runs_table(outcomes, runs, report)
+  by_cluster = {r.cluster: r for r in runs}
+  record = {
+      **report,
+      "sweep": "flan-holdout",
+      "model_dir_root": root,
+      "task_prefix": config.task_prefix,
+      "runs": [{
+          "cluster": o.cluster, "status": o.status, "stage": o.stage, "error": o.error,
+          "step": o.step, "results": o.results_path,
+          "model_dir": by_cluster[o.cluster].model_dir,
+          "train_command": command_line(by_cluster[o.cluster].train_argv),
+          "eval_command": command_line(by_cluster[o.cluster].eval_argv),
+      } for o in outcomes],
+  }
+  gfile.makedirs(root)
+  stem = os.path.join(root, REPORT_STEM)
+  paths = {"markdown": stem + ".md", "json": stem + ".json", "png": stem + ".png"}
+  with gfile.GFile(paths["markdown"], "w") as f:
+    f.write(markdown)
+  with gfile.GFile(paths["json"], "w") as f:
+    json.dump(record, f, indent=2)
+  with gfile.GFile(paths["png"], "wb") as f:
+    f.write(reports.plot_clusters(report, title))
+  return paths, markdown
+
+
+def run_sweep(config: SweepConfig, launcher: Launcher, force: bool = False,
+              write_files: bool = True,
+              say: Callable[[str], None] = print) -> list[ClusterOutcome]:
+  """Every cluster in turn, then the aggregate; raises SweepFailedError if any failed."""
+  runs = plan(config)
+  root = _normalized_root(config.model_dir_root)
+  outcomes = [run_cluster(r, launcher, force=force, say=say) for r in runs]
+  if write_files:
+    paths, markdown = write_aggregate(root, config, runs, outcomes)
+    say(markdown)
+    say("[sweep] Wrote " + ", ".join(paths.values()))
+  failed = [o for o in outcomes if o.status == "failed"]
+  if failed:
+    details = "; ".join(f"{o.cluster} ({o.stage}: {o.error})" for o in failed)
+    raise SweepFailedError(
+        f"{len(failed)} of {len(outcomes)} held-out cluster(s) failed: {details}. The others "
+        "finished; rerun the same command to retry (clusters with results are skipped).")
+  return outcomes
+
+
+# ---------------------------------------------------------------------------
+# `instruct-jax sweep` (command module protocol of instruct_jax.cli).
+# ---------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+  parser.add_argument("sweep", choices=SWEEPS,
+                      help="flan-holdout: FLAN leave-one-cluster-out, one train + zero-shot "
+                           "eval per held-out cluster, then an aggregate report.")
+  parser.add_argument("--model_dir_root", required=True,
+                      help="Each cluster trains in <root>/holdout_<cluster>; the aggregate "
+                           "report goes to <root>/sweep_report.{md,json,png}.")
+  parser.add_argument("--clusters", action="append", default=[],
+                      help="Comma-separated held-out clusters (repeatable); default: all "
+                           f"{len(flan_clusters.CLUSTERS)}.")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="Print every train/eval command line; run nothing.")
+  parser.add_argument("--force", action="store_true",
+                      help="Rerun clusters whose zero-shot results already exist.")
+  parser.add_argument("--task_prefix", default=flan_tasks.DEFAULT_PREFIX,
+                      help="Registry prefix of the FLAN copy to use, e.g. a byte-vocabulary "
+                           "copy for CPU smoke runs (flan.register(vocabulary, prefix)).")
+  parser.add_argument("--task_module", default=None,
+                      help="Module that registers the --task_prefix copy; imported here and "
+                           "as MIXTURE_OR_TASK_MODULE by every run.")
+  parser.add_argument("--train_binding", action="append", default=[],
+                      help="Gin binding KEY=VALUE for the train runs only (e.g. of a "
+                           "configurable eval does not import).")
+  parser.add_argument("--eval_binding", action="append", default=[],
+                      help="Gin binding KEY=VALUE for the eval runs only.")
+  parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
+                      help="subprocess: one `python -m instruct_jax` per run (default on a "
+                           "single host); in_process: in this process, gin cleared between "
+                           "runs (chosen by auto inside a multi-process job).")
+
+
+def _user_bindings(args) -> list[str]:
+  """The --gin.KEY=VALUE bindings of this command line.
+
+  The CLI consumes them before run(args); use args.gin_bindings when it keeps
+  them, else read them back from sys.argv (the console script's argv).
+  """
+  bindings = getattr(args, "gin_bindings", None)
+  if bindings is not None:
+    return list(bindings)
+  from instruct_jax import cli  # pylint: disable=g-import-not-at-top
+  rest, bindings = cli.split_gin_bindings(sys.argv[1:])
+  words = [a for a in rest if not a.startswith("-")]
+  if words[:1] != ["sweep"]:
+    return []  # Called programmatically with another argv: nothing to recover here.
+  return bindings
+
+
+def _distributed_job() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.distributed.is_initialized()
+
+
+def _is_first_process() -> bool:
+  """Whether this process writes the aggregate (every host of a job runs the sweep)."""
+  if not _distributed_job():
+    return True  # Without a job, asking jax would start a backend that the runs need.
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
+def _choose_launcher(name: str) -> Launcher:
+  in_job = _distributed_job()
+  if name == "subprocess" and in_job:
+    raise UsageError("--launcher=subprocess cannot be used inside a multi-process job (this "
+                     "process already joined it); use --launcher=in_process or auto.")
+  if name == "in_process" or (name == "auto" and in_job):
+    return run_in_process
+  return run_subprocess
+
+
+def config_from_args(args) -> SweepConfig:
+  clusters = [c.strip() for entry in args.clusters for c in entry.split(",") if c.strip()]
+  return SweepConfig(
+      model_dir_root=args.model_dir_root,
+      clusters=tuple(clusters) if args.clusters else tuple(flan_clusters.CLUSTERS),
+      gin_files=tuple(args.gin_file),
+      bindings=tuple(_user_bindings(args)),
+      train_bindings=tuple(args.train_binding),
+      eval_bindings=tuple(args.eval_binding),
+      gin_search_paths=tuple(args.gin_search_paths),
+      task_prefix=args.task_prefix,
+      task_module=args.task_module)
+
+
+def run(args) -> None:
+  """Dry run: print the commands. Otherwise run every cluster and write the aggregate."""
+  config = config_from_args(args)
+  runs = plan(config)
+  check_mixtures_registered(runs, config.task_module)
+  if args.dry_run:
+    print(f"# flan-holdout sweep: {len(runs)} held-out cluster(s); dry run, nothing is run.")
+    for r in runs:
+      print(f"\n# holdout {r.cluster}: train on {r.train_mixture}, zero-shot eval on "
+            f"{r.eval_mixture}")
+      print(command_line(r.train_argv))
+      print(command_line(r.eval_argv))
+    print(f"\n# then: {os.path.join(_normalized_root(config.model_dir_root), REPORT_STEM)}"
+          ".{md,json,png}")
+    return
+  launcher = _choose_launcher(args.launcher)
+  run_sweep(config, launcher, force=args.force, write_files=_is_first_process())
