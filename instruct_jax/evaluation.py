@@ -254,7 +254,7 @@ def write_results(output_dir: str, step: int, task_metrics: Mapping[str, Mapping
   return {"metrics": metrics_path, **paths}
 
 
-def _step_of_checkpoint(checkpoint_path: str) -> int:
+def step_of_checkpoint(checkpoint_path: str) -> int:
   """Training step of a checkpoint, from its checkpoint_<step> directory name (0 if none)."""
   try:
     _, location = checkpoints.detect_checkpoint_format(checkpoint_path)
@@ -264,7 +264,7 @@ def _step_of_checkpoint(checkpoint_path: str) -> int:
   return int(found[-1]) if found else 0
 
 
-def _model_dir_of_checkpoint(checkpoint_path: str) -> str:
+def model_dir_of_checkpoint(checkpoint_path: str) -> str:
   path = checkpoint_path.rstrip("/")
   if re.fullmatch(r"checkpoint_\d+", os.path.basename(path)):
     return os.path.dirname(path)
@@ -297,11 +297,11 @@ def evaluate(*,
   """
   if dataset_cfg.module:
     importlib.import_module(dataset_cfg.module)
-  output_dir = os.path.join(output_dir or _model_dir_of_checkpoint(checkpoint_path),
+  output_dir = os.path.join(output_dir or model_dir_of_checkpoint(checkpoint_path),
                             EVAL_SUBDIR)
   abstract_params, shardings = abstract_params_and_shardings(model, partitioner)
   params = checkpoints.load_params(checkpoint_path, abstract_params)
-  step = _step_of_checkpoint(checkpoint_path)
+  step = step_of_checkpoint(checkpoint_path)
   evaluator = make_evaluator(model, dataset_cfg.mixture_or_task_name, dataset_cfg.split,
                              dataset_cfg.task_feature_lengths, output_dir,
                              use_cached=dataset_cfg.use_cached, seed=dataset_cfg.seed,

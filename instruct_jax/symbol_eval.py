@@ -50,11 +50,9 @@ def evaluate_suites(*,
   per task); fixed lengths compile once and bound the in-context prompts'
   token budget (inputs length - 1). `num_examples` caps each task.
   """
-  # pylint: disable=protected-access  # Shared with `instruct-jax eval` (see its module).
-  step = evaluation._step_of_checkpoint(checkpoint_path)
-  output_dir = os.path.join(output_dir or evaluation._model_dir_of_checkpoint(checkpoint_path),
+  step = evaluation.step_of_checkpoint(checkpoint_path)
+  output_dir = os.path.join(output_dir or evaluation.model_dir_of_checkpoint(checkpoint_path),
                             evaluation.EVAL_SUBDIR)
-  # pylint: enable=protected-access
   abstract_params, shardings = evaluation.abstract_params_and_shardings(model, partitioner)
   params = checkpoints.load_params(checkpoint_path, abstract_params)
   runner = evaluation.ModelRunner(model, partitioner, shardings, batch_size, decode_cfg, seed)

@@ -39,7 +39,6 @@ from instruct_jax.train import losses
 # The base model's sentinel for "use the model's own loss_normalizing_factor" and its
 # example counter, shared so both models report identical metrics.
 _MODEL_FACTOR = models._MODEL_FACTOR  # pylint: disable=protected-access
-_num_examples = models._num_examples  # pylint: disable=protected-access
 
 TEACHER_INDICES = "teacher_indices"
 TEACHER_PROBS = "teacher_probs"
@@ -147,7 +146,6 @@ class DistillationModel(models.EncoderDecoderModel):
     if loss_normalizing_factor is _MODEL_FACTOR:
       loss_normalizing_factor = self.loss_normalizing_factor
     logits = self._logits(params, batch, dropout_rng)
-    targets = batch["decoder_target_tokens"]
     factor, weights = losses.loss_normalizing_factor_and_weights(loss_normalizing_factor, batch)
     kl, _ = losses.distillation_kl(logits, batch[TEACHER_INDICES], batch[TEACHER_PROBS],
                                    weights)
@@ -156,19 +154,4 @@ class DistillationModel(models.EncoderDecoderModel):
     loss = kl + z_loss
     if factor is not None:
       loss, z_loss = loss / factor, z_loss / factor
-
-    token_counts = batch.get("decoder_token_counts")
-    if token_counts is None:
-      raw = batch.get("decoder_loss_weights")
-      token_counts = (targets > 0) if raw is None else (raw > 0)
-    token_counts = jnp.asarray(token_counts, jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    metrics = {
-        "loss": loss,
-        "z_loss": z_loss,
-        "cross_ent_loss": loss - z_loss,
-        "correct_tokens": jnp.sum(correct * token_counts),
-        "num_tokens": jnp.sum(token_counts),
-        "num_examples": _num_examples(token_counts, batch.get("decoder_segment_ids")),
-    }
-    return loss, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return loss, models.loss_metrics(logits, batch, loss, z_loss)

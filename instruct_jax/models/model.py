@@ -50,6 +50,30 @@ def _num_examples(token_counts: Array, segment_ids: Optional[Array]) -> Array:
   return jnp.sum(per_segment > 0).astype(jnp.float32)
 
 
+def loss_metrics(logits: Array, batch: Batch, loss: Array, z_loss: Array) -> dict[str, Array]:
+  """The summed metrics every loss_fn reports (see the module docstring).
+
+  Token counts come from `decoder_token_counts` when the trainer pre-normalised
+  the loss weights for microbatching, else from the nonzero loss weights.
+  """
+  targets = batch["decoder_target_tokens"]
+  token_counts = batch.get("decoder_token_counts")
+  if token_counts is None:
+    raw = batch.get("decoder_loss_weights")
+    token_counts = (targets > 0) if raw is None else (raw > 0)
+  token_counts = jnp.asarray(token_counts, jnp.float32)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  metrics = {
+      "loss": loss,
+      "z_loss": z_loss,
+      "cross_ent_loss": loss - z_loss,
+      "correct_tokens": jnp.sum(correct * token_counts),
+      "num_tokens": jnp.sum(token_counts),
+      "num_examples": _num_examples(token_counts, batch.get("decoder_segment_ids")),
+  }
+  return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
 class _LossMixin:
   """Loss, metrics, scoring and decoding shared by both model families."""
 
@@ -78,22 +102,7 @@ class _LossMixin:
         logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
         loss_normalizing_factor=factor)
 
-    token_counts = batch.get("decoder_token_counts")
-    if token_counts is None:
-      raw = batch.get("decoder_loss_weights")
-      token_counts = (targets > 0) if raw is None else (raw > 0)
-    token_counts = jnp.asarray(token_counts, jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    metrics = {
-        "loss": loss,
-        "z_loss": z_loss,
-        "cross_ent_loss": loss - z_loss,
-        "correct_tokens": jnp.sum(correct * token_counts),
-        "num_tokens": jnp.sum(token_counts),
-        "num_examples": _num_examples(token_counts, batch.get("decoder_segment_ids")),
-    }
-    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    return loss, metrics
+    return loss, loss_metrics(logits, batch, loss, z_loss)
 
   def score_batch(self, params: Any, batch: Batch) -> Array:
     """[batch] float32 sum of target log-likelihoods (weighted; no z-loss, no smoothing)."""
