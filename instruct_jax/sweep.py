@@ -32,9 +32,11 @@ could neither join the job nor open the TPU. MODEL_DIR roots must then be on
 storage all hosts share (gs://).
 
 A failed cluster is reported with its error and the sweep goes on; the exit
-status is non-zero if any failed. Rerunning the same command skips clusters
-whose zero-shot results exist (--force reruns them: training resumes from the
-newest checkpoint, which is a no-op for a finished run, then evaluates again).
+status is non-zero if any failed. SIGTERM / SIGINT (preemption, Ctrl-C) is
+different: the current run checkpoints and the sweep stops. Rerunning the
+same command resumes: clusters whose zero-shot results exist are skipped
+(--force reruns them: training resumes from the newest checkpoint, a no-op for
+a finished run, then evaluates again).
 """
 from __future__ import annotations
 
@@ -46,8 +48,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import traceback
 from typing import Any, Callable, Optional, Sequence
 
@@ -78,6 +82,8 @@ _OWNED_MACROS = {
     "MIXTURE_OR_TASK_MODULE": "--task_module",
 }
 _METRICS_FILE = re.compile(r"metrics_step_(\d+)\.json$")
+# The last line of a Python traceback: "ValueError: ...", "jax.errors.Foo: ...".
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 _CHECKPOINT_DIR = re.compile(rf"^{checkpoints.STEP_PREFIX}_(\d+)$")
 # Characters that keep their meaning inside double quotes in POSIX shells.
 _UNSAFE_IN_DOUBLE_QUOTES = set('"$`\\!')
@@ -91,6 +97,43 @@ class StepFailedError(Exception):
 
 class SweepFailedError(ActionableError):
   """At least one cluster failed; the others finished (the CLI exits with status 1)."""
+
+
+class SweepInterruptedError(ActionableError):
+  """SIGTERM / SIGINT (preemption, Ctrl-C): the current run checkpointed; the sweep stops."""
+
+
+class _StopOnSignal:
+  """Records SIGTERM / SIGINT during a run instead of dying mid-way.
+
+  Subprocess runs share this process group, so a group signal (Ctrl-C, VM
+  shutdown, scancel) reaches the run too, which checkpoints and exits; this
+  process waits for that and then stops the sweep. A second signal stops
+  waiting.
+  """
+
+  def __init__(self, say: Callable[[str], None]):
+    self.signal_name: Optional[str] = None
+    self._say = say
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal_name is not None:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    self._say(f"[sweep] {self.signal_name} received: waiting for the current run to "
+              "checkpoint and exit, then stopping the sweep.")
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------
@@ -288,6 +331,9 @@ def _error_summary(lines: Sequence[str]) -> str:
   for line in reversed(lines):
     if line.startswith(f"{PROGRAM}: error:"):
       return line[len(f"{PROGRAM}: error:"):].strip()
+  for line in reversed(lines):
+    if _EXCEPTION_LINE.match(line):
+      return line.strip()
   meaningful = [l.strip() for l in lines if l.strip()]
   return " | ".join(meaningful[-3:]) or "no error output"
 
@@ -341,10 +387,11 @@ def find_results(run: ClusterRun) -> Optional[tuple[int, str]]:
 
 
 def check_training_finished(run: ClusterRun) -> None:
-  """Raises StepFailedError when the newest checkpoint is short of the run's total steps.
+  """Raises SweepInterruptedError when the newest checkpoint is short of the total steps.
 
   A trainer stopped by SIGTERM (preemption) saves and exits cleanly; evaluating
-  that checkpoint would record a half-trained result that later reruns skip.
+  that checkpoint would record a half-trained result that later reruns skip,
+  and starting the next cluster on a machine being preempted is pointless.
   The target comes from the config.gin the train command wrote into MODEL_DIR.
   """
   gfile = _gfile()
@@ -358,9 +405,10 @@ def check_training_finished(run: ClusterRun) -> None:
   steps = [int(m.group(1)) for m in (_CHECKPOINT_DIR.match(n.rstrip("/"))
                                      for n in gfile.listdir(run.model_dir)) if m]
   if target and steps and max(steps) < int(target.group(1)):
-    raise StepFailedError(
-        f"training stopped at step {max(steps)} of {target.group(1)} (preempted or "
-        f"interrupted?); rerun the sweep to resume it from {run.model_dir}")
+    raise SweepInterruptedError(
+        f"Training of held-out cluster {run.cluster} stopped at step {max(steps)} of "
+        f"{target.group(1)} (preempted or interrupted; its checkpoint is in {run.model_dir}). "
+        "Rerun the same command to resume it and the rest of the sweep.")
 
 
 def load_results(path: str) -> dict[str, dict[str, float]]:
@@ -394,12 +442,18 @@ def run_cluster(run: ClusterRun, launcher: Launcher, force: bool = False,
   for stage, argv in (("train", run.train_argv), ("eval", run.eval_argv)):
     say(f"[sweep] holdout {run.cluster}: {stage}: {command_line(argv)}")
     try:
-      launcher(argv)
-      if stage == "train":
-        check_training_finished(run)
+      with _StopOnSignal(say) as stop:
+        launcher(argv)
     except StepFailedError as e:
-      say(f"[sweep] holdout {run.cluster}: {stage} FAILED: {e}")
-      return ClusterOutcome(run.cluster, "failed", stage=stage, error=str(e))
+      if not stop.signal_name:
+        say(f"[sweep] holdout {run.cluster}: {stage} FAILED: {e}")
+        return ClusterOutcome(run.cluster, "failed", stage=stage, error=str(e))
+    if stage == "train":
+      check_training_finished(run)
+    if stop.signal_name:
+      raise SweepInterruptedError(
+          f"Stopped by {stop.signal_name} during the {stage} run of held-out cluster "
+          f"{run.cluster}. Rerun the same command to resume (finished clusters are skipped).")
   found = find_results(run)
   if not found:
     error = f"eval finished but wrote no metrics_step_<step>.json in {run.results_dir}"
@@ -588,6 +642,10 @@ def config_from_args(args) -> SweepConfig:
 def run(args) -> None:
   """Dry run: print the commands. Otherwise run every cluster and write the aggregate."""
   config = config_from_args(args)
+  if not config.gin_files:
+    raise UsageError("The sweep needs a model gin for its runs, e.g. "
+                     "--gin_file=models/t5_1_1/base.gin (the size of the experiments' "
+                     "INITIAL_CHECKPOINT_PATH), or --gin_file=runs/sweep_smoke.gin on CPU.")
   runs = plan(config)
   check_mixtures_registered(runs, config.task_module)
   if args.dry_run:

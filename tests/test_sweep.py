@@ -8,6 +8,7 @@ import ast
 import json
 import os
 import shlex
+import signal
 import sys
 
 import gin
@@ -133,11 +134,13 @@ def test_task_prefix_targets_the_registered_copy(tmp_path):
     (["--clusters=nli,sentimnet"], "sentiment"),
     (["--gin.MODEL_DIR='/tmp/x'"], "--model_dir_root"),
     (["--train_binding=MIXTURE_OR_TASK_NAME='x'"], "--task_prefix"),
+    ([], "needs a model gin"),
 ])
 def test_bad_requests_are_explained(argv, expected, tmp_path, monkeypatch, capsys):
   with pytest.raises(SystemExit) as exit_info:
+    model = ["--gin_file=models/t5_1_1/tiny.gin"] if argv else []
     _instruct_jax(["sweep", "flan-holdout", "--dry-run", f"--model_dir_root={tmp_path}",
-                   *argv], monkeypatch)
+                   *model, *argv], monkeypatch)
   assert exit_info.value.code == 1
   assert expected in capsys.readouterr().err
 
@@ -217,12 +220,29 @@ def test_a_failed_cluster_is_reported_and_the_rerun_retries_only_it(tmp_path):
   assert len(launcher.calls) == 4
 
 
-def test_a_preempted_training_is_not_evaluated(tmp_path):
-  config = sweep.SweepConfig(str(tmp_path), clusters=("sentiment",))
+def test_a_preempted_training_stops_the_sweep_before_its_eval(tmp_path):
+  config = sweep.SweepConfig(str(tmp_path), clusters=("sentiment", "nli"))
   launcher = FakeLauncher(preempted={"sentiment"})
-  with pytest.raises(sweep.SweepFailedError, match="stopped at step 4 of 10"):
+  with pytest.raises(sweep.SweepInterruptedError, match="stopped at step 4 of 10"):
     sweep.run_sweep(config, launcher, say=lambda message: None)
   assert [c[0] for c in launcher.calls] == ["train"]
+
+
+def test_sigterm_during_a_run_lets_it_finish_then_stops_the_sweep(tmp_path):
+  config = sweep.SweepConfig(str(tmp_path), clusters=("sentiment", "nli"))
+  fake = FakeLauncher()
+
+  def launcher(argv):
+    os.kill(os.getpid(), signal.SIGTERM)  # Reaches the run too; it saves and exits.
+    fake(argv)
+
+  messages = []
+  handler = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(sweep.SweepInterruptedError, match="SIGTERM during the train run"):
+    sweep.run_sweep(config, launcher, say=messages.append)
+  assert [c[0] for c in fake.calls] == ["train"]
+  assert any("waiting for the current run" in m for m in messages)
+  assert signal.getsignal(signal.SIGTERM) is handler  # Restored.
 
 
 def test_subprocess_launcher_reports_the_cli_error():
