@@ -12,12 +12,13 @@ import argparse
 import contextlib
 import glob
 import importlib
+import inspect
 import logging
 import os
 import re
 import sys
 import traceback
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import gin
 
@@ -53,7 +54,7 @@ COMMAND_HELP = {
 }
 
 
-def _build_parser(command: Optional[str]) -> argparse.ArgumentParser:
+def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
   """The parser; only the chosen command's module is imported (they pull in jax)."""
   parser = argparse.ArgumentParser(
       prog="instruct-jax",
@@ -201,15 +202,28 @@ def _macro(name: str):
     return None
 
 
-def _run_train(args) -> None:
+def configured(fn: Callable, hint: str) -> Callable:
+  """gin's wrapper of `fn`, after checking that the parsed gin files bind it.
+
+  (gin keeps a function registered after clear_config, so being registered is not
+  enough: without bindings the call would fail on missing arguments.)
+  """
+  first_param = next(iter(inspect.signature(fn).parameters))
+  try:
+    configurable = gin.get_configurable(fn)
+    gin.query_parameter(f"{fn.__module__}.{fn.__name__}.{first_param}")
+  except ValueError as e:
+    raise UsageError(hint) from e
+  return configurable
+
+
+def run_train(args) -> None:
+  """The `train` command: calls the gin-configured `trainer.train`."""
   from instruct_jax.train import trainer  # pylint: disable=g-import-not-at-top
   if not args.gin_file:
     raise UsageError("train needs at least one --gin_file (e.g. --gin_file=runs/smoke.gin).")
-  try:
-    train_fn = gin.get_configurable(trainer.train)
-  except ValueError as e:
-    raise UsageError("No gin file binds `trainer.train`; include a runs/*.gin file such as "
-                     "runs/finetune.gin or runs/smoke.gin.") from e
+  train_fn = configured(trainer.train, "No gin file binds `trainer.train`; include a runs/*.gin "
+                        "file such as runs/finetune.gin or runs/smoke.gin.")
   write_config(_macro("MODEL_DIR"))
   train_fn()
 
@@ -220,13 +234,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   try:
     rest, bindings = split_gin_bindings(argv)
     command = next((a for a in rest if not a.startswith("-")), None)
-    args = _build_parser(command).parse_args(rest)
+    args = build_parser(command).parse_args(rest)
+    args.gin_bindings = bindings
     keep_tensorflow_off_accelerators()
     initialize_multihost(args.coordinator_address, args.num_processes, args.process_id)
     if args.gin_file or bindings:
       parse_gin(args.gin_file, bindings, args.gin_search_paths)
     if args.command == "train":
-      _run_train(args)
+      run_train(args)
     else:
       importlib.import_module(COMMAND_MODULES[args.command]).run(args)
   except ActionableError as e:

@@ -418,18 +418,15 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
   """Runs the gin-configured `evaluation.evaluate` (it prints the report tables)."""
-  import gin  # pylint: disable=g-import-not-at-top  # The CLI edge binds gin, not the library.
   from instruct_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
   if not args.gin_file:
     raise UsageError("eval needs gin files: a model gin and runs/eval.gin, e.g. "
                      "--gin_file=models/t5_1_1/base.gin --gin_file=runs/eval.gin "
                      "--gin.CHECKPOINT_PATH=\"'/path/checkpoint_1000'\" "
                      "--gin.MIXTURE_OR_TASK_NAME=\"'my_task'\".")
-  try:
-    evaluate_fn = gin.get_configurable(evaluate)
-  except ValueError as e:
-    raise UsageError("No gin file binds `evaluation.evaluate`; add "
-                     "--gin_file=runs/eval.gin.") from e
+  from instruct_jax import cli  # pylint: disable=g-import-not-at-top
+  evaluate_fn = cli.configured(evaluate, "No gin file binds `evaluation.evaluate`; add "
+                               "--gin_file=runs/eval.gin.")
   try:
     evaluate_fn()
   except FileNotFoundError as e:

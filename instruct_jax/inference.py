@@ -291,16 +291,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
   """Runs the gin-configured `inference.infer_file` on the flags' files."""
-  import gin  # pylint: disable=g-import-not-at-top  # The CLI edge binds gin, not the library.
   if not args.gin_file:
     raise UsageError("infer needs gin files: a model gin and runs/infer.gin, e.g. "
                      "--gin_file=models/t5_1_1/base.gin --gin_file=runs/infer.gin "
                      "--gin.CHECKPOINT_PATH=\"'/path/checkpoint_1000'\".")
-  try:
-    infer_fn = gin.get_configurable(infer_file)
-  except ValueError as e:
-    raise UsageError("No gin file binds `inference.infer_file`; add "
-                     "--gin_file=runs/infer.gin.") from e
+  from instruct_jax import cli  # pylint: disable=g-import-not-at-top
+  infer_fn = cli.configured(infer_file, "No gin file binds `inference.infer_file`; add "
+                     "--gin_file=runs/infer.gin.")
   try:
     summary = infer_fn(input_file=args.input_file, output_file=args.output_file,
                        mode=args.mode, skip_bad_lines=args.skip_bad_lines,

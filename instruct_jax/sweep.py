@@ -350,10 +350,10 @@ def run_in_process(argv: Sequence[str]) -> None:
   command = rest[0]
   gin.clear_config()
   try:
-    args = cli._build_parser(command).parse_args(rest)  # pylint: disable=protected-access
+    args = cli.build_parser(command).parse_args(rest)
     cli.parse_gin(args.gin_file, bindings, args.gin_search_paths)
     if command == "train":
-      cli._run_train(args)  # pylint: disable=protected-access
+      cli.run_train(args)
     else:
       importlib.import_module(cli.COMMAND_MODULES[command]).run(args)
   except ActionableError as e:

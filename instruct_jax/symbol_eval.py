@@ -88,7 +88,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
   """Runs the gin-configured `symbol_eval.evaluate_suites` (it prints the report)."""
-  import gin  # pylint: disable=g-import-not-at-top  # The CLI edge binds gin, not the library.
   from instruct_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
   if not args.gin_file:
     raise UsageError("symbol-eval needs gin files: a model gin and "
@@ -96,11 +95,9 @@ def run(args) -> None:
                      "--gin_file=models/flan_t5/base.gin "
                      "--gin_file=experiments/symbol_tuning/eval.gin "
                      "--gin.CHECKPOINT_PATH=\"'/path/checkpoint_2000'\".")
-  try:
-    evaluate_fn = gin.get_configurable(evaluate_suites)
-  except ValueError as e:
-    raise UsageError("No gin file binds `symbol_eval.evaluate_suites`; add "
-                     "--gin_file=experiments/symbol_tuning/eval.gin.") from e
+  from instruct_jax import cli  # pylint: disable=g-import-not-at-top
+  evaluate_fn = cli.configured(evaluate_suites, "No gin file binds `symbol_eval.evaluate_suites`; add "
+                     "--gin_file=experiments/symbol_tuning/eval.gin.")
   try:
     evaluate_fn()
   except FileNotFoundError as e:

@@ -7,8 +7,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import pytest  # noqa: E402
-
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: end-to-end tests that take tens of seconds")

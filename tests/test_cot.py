@@ -1,6 +1,5 @@
 """CoT formats, prompts, answer extraction, file loaders and the seqio CoT tasks."""
 import json
-import os
 import random
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Distillation model: KL against sparse teacher rows, objectives, feature converter."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
