@@ -180,13 +180,21 @@ def write_report(output_dir: str, task_metrics: Mapping[str, Mapping[str, float]
                  title: str = "Evaluation") -> dict[str, str]:
   """Writes report[_step_<step>].{md,json,png} into output_dir; returns their paths."""
   report = build_report(task_metrics, cluster_of, step)
-  stem = os.path.join(output_dir, "report" if step is None else f"report_step_{step}")
+  name = "report" if step is None else f"report_step_{step}"
+  return write_files(output_dir, name, render_markdown(report, title), report,
+                     plot_clusters(report, title))
+
+
+def write_files(output_dir: str, name: str, markdown: str, data: Mapping[str, Any],
+                png: bytes) -> dict[str, str]:
+  """Writes <name>.md, <name>.json and <name>.png (any filesystem tf.io.gfile knows)."""
+  stem = os.path.join(output_dir, name)
   tf.io.gfile.makedirs(output_dir)
   paths = {"markdown": stem + ".md", "json": stem + ".json", "png": stem + ".png"}
   with tf.io.gfile.GFile(paths["markdown"], "w") as f:
-    f.write(render_markdown(report, title))
+    f.write(markdown)
   with tf.io.gfile.GFile(paths["json"], "w") as f:
-    json.dump(report, f, indent=2)
+    json.dump(data, f, indent=2)
   with tf.io.gfile.GFile(paths["png"], "wb") as f:
-    f.write(plot_clusters(report, title))
+    f.write(png)
   return paths

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from instruct_jax import reports
 
@@ -177,14 +174,6 @@ def write_report(output_dir: str, report: Mapping[str, Any],
                  title: str = DEFAULT_TITLE) -> dict[str, str]:
   """Writes symbol_report[_step_<step>].{md,json,png}; returns their paths."""
   step = report.get("step")
-  stem = os.path.join(output_dir, "symbol_report" if step is None
-                      else f"symbol_report_step_{step}")
-  tf.io.gfile.makedirs(output_dir)
-  paths = {"markdown": stem + ".md", "json": stem + ".json", "png": stem + ".png"}
-  with tf.io.gfile.GFile(paths["markdown"], "w") as f:
-    f.write(render_markdown(report, title))
-  with tf.io.gfile.GFile(paths["json"], "w") as f:
-    json.dump(report, f, indent=2)
-  with tf.io.gfile.GFile(paths["png"], "wb") as f:
-    f.write(plot_report(report, title))
-  return paths
+  name = "symbol_report" if step is None else f"symbol_report_step_{step}"
+  return reports.write_files(output_dir, name, render_markdown(report, title), report,
+                             plot_report(report, title))
