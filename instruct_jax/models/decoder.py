@@ -43,12 +43,7 @@ class DecoderConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
-    layers.remat_policy(self.remat_policy)  # Validates the name.
-    try:
-      jnp.dtype(self.dtype)
-    except TypeError as e:
-      raise ValueError(f"DecoderConfig.dtype={self.dtype!r} is not a dtype name; use "
-                       "'bfloat16' or 'float32'.") from e
+    layers.check_config(self)
 
   @property
   def activation_dtype(self):

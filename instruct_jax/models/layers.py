@@ -360,6 +360,16 @@ def decoder_attention_mask(decoder_target_tokens: Array,
   return nn.combine_masks(causal, padding, segments, dtype=dtype)
 
 
+def check_config(config: Any) -> None:
+  """Shared validation of T5Config / DecoderConfig: dtype and remat_policy names."""
+  remat_policy(config.remat_policy)
+  try:
+    jnp.dtype(config.dtype)
+  except TypeError as e:
+    raise ValueError(f"{type(config).__name__}.dtype={config.dtype!r} is not a dtype name; "
+                     "use 'bfloat16' or 'float32'.") from e
+
+
 def remat_policy(name: str) -> Optional[Callable[..., bool]]:
   """jax.checkpoint policy for a remat_policy name ("none" has no policy and no remat)."""
   if name not in REMAT_POLICIES:
