@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import io
-import json
 import os
 import re
 from typing import Any, Mapping, Optional, Sequence
@@ -217,9 +216,7 @@ def write_selection(output_dir: str, mixture: str,
                     task_metrics: Mapping[int, Mapping[str, Mapping[str, float]]],
                     mean_scores: Mapping[int, Optional[float]], best_step: int,
                     best_checkpoint: str) -> dict[str, str]:
-  """Writes selection.{json,md,png} into output_dir; returns their paths."""
-  tf.io.gfile.makedirs(output_dir)
-  paths = {name: os.path.join(output_dir, f"selection.{name}") for name in ("json", "md", "png")}
+  """Writes selection.{json,md,png} into output_dir; returns their paths by kind."""
   record = {
       "mixture_or_task_name": mixture,
       "best_step": best_step,
@@ -227,13 +224,10 @@ def write_selection(output_dir: str, mixture: str,
       "steps": [{"step": step, "mean_score": mean_scores.get(step),
                  "tasks": task_metrics[step]} for step in sorted(task_metrics)],
   }
-  with tf.io.gfile.GFile(paths["json"], "w") as f:
-    json.dump(record, f, indent=2)
-  with tf.io.gfile.GFile(paths["md"], "w") as f:
-    f.write(render_markdown(mixture, task_metrics, mean_scores, best_step, best_checkpoint))
-  with tf.io.gfile.GFile(paths["png"], "wb") as f:
-    f.write(plot_selection(mixture, task_metrics, mean_scores, best_step))
-  return paths
+  return reports.write_files(
+      output_dir, "selection",
+      render_markdown(mixture, task_metrics, mean_scores, best_step, best_checkpoint), record,
+      plot_selection(mixture, task_metrics, mean_scores, best_step))
 
 
 # ---------------------------------------------------------------------------
@@ -306,7 +300,7 @@ def run(args) -> None:
   except FileNotFoundError as e:  # e.g. a held-out set's file (its message says where to put it)
     raise UsageError(str(e)) from e
   if jax.process_index() == 0:
-    with tf.io.gfile.GFile(selection.paths["md"]) as f:
+    with tf.io.gfile.GFile(selection.paths["markdown"]) as f:
       print(f.read(), flush=True)
     print("Wrote " + ", ".join(selection.paths.values()), flush=True)
     print(f"Chosen checkpoint: {selection.best_checkpoint}", flush=True)

@@ -48,15 +48,14 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import traceback
 from typing import Any, Callable, Optional, Sequence
 
 from instruct_jax import evaluation
 from instruct_jax import reports
+from instruct_jax import stop_signals
 from instruct_jax.errors import ActionableError
 from instruct_jax.errors import UsageError
 from instruct_jax.train import checkpoints
@@ -101,39 +100,6 @@ class SweepFailedError(ActionableError):
 
 class SweepInterruptedError(ActionableError):
   """SIGTERM / SIGINT (preemption, Ctrl-C): the current run checkpointed; the sweep stops."""
-
-
-class _StopOnSignal:
-  """Records SIGTERM / SIGINT during a run instead of dying mid-way.
-
-  Subprocess runs share this process group, so a group signal (Ctrl-C, VM
-  shutdown, scancel) reaches the run too, which checkpoints and exits; this
-  process waits for that and then stops the sweep. A second signal stops
-  waiting.
-  """
-
-  def __init__(self, say: Callable[[str], None]):
-    self.signal_name: Optional[str] = None
-    self._say = say
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is not None:
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-    self._say(f"[sweep] {self.signal_name} received: waiting for the current run to "
-              "checkpoint and exit, then stopping the sweep.")
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------
@@ -442,7 +408,9 @@ def run_cluster(run: ClusterRun, launcher: Launcher, force: bool = False,
   for stage, argv in (("train", run.train_argv), ("eval", run.eval_argv)):
     say(f"[sweep] holdout {run.cluster}: {stage}: {command_line(argv)}")
     try:
-      with _StopOnSignal(say) as stop:
+      with stop_signals.StopOnSignal(on_signal=lambda name: say(
+          f"[sweep] {name} received: waiting for the current run to checkpoint and exit, "
+          "then stopping the sweep.")) as stop:
         launcher(argv)
     except StepFailedError as e:
       if not stop.signal_name:
@@ -499,7 +467,6 @@ def _runs_table(outcomes: Sequence[ClusterOutcome], runs: Sequence[ClusterRun],
 def write_aggregate(root: str, config: SweepConfig, runs: Sequence[ClusterRun],
                     outcomes: Sequence[ClusterOutcome]) -> tuple[dict[str, str], str]:
   """<root>/sweep_report.{md,json,png}; returns the paths and the markdown."""
-  gfile = _gfile()
   report = aggregate_report(outcomes)
   title = "FLAN zero-shot on held-out clusters"
   markdown = reports.render_markdown(report, title) + "\n" + _runs_table(outcomes, runs, report)
@@ -517,15 +484,8 @@ def write_aggregate(root: str, config: SweepConfig, runs: Sequence[ClusterRun],
           "eval_command": command_line(by_cluster[o.cluster].eval_argv),
       } for o in outcomes],
   }
-  gfile.makedirs(root)
-  stem = os.path.join(root, REPORT_STEM)
-  paths = {"markdown": stem + ".md", "json": stem + ".json", "png": stem + ".png"}
-  with gfile.GFile(paths["markdown"], "w") as f:
-    f.write(markdown)
-  with gfile.GFile(paths["json"], "w") as f:
-    json.dump(record, f, indent=2)
-  with gfile.GFile(paths["png"], "wb") as f:
-    f.write(reports.plot_clusters(report, title))
+  paths = reports.write_files(root, REPORT_STEM, markdown, record,
+                              reports.plot_clusters(report, title))
   return paths, markdown
 
 

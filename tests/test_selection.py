@@ -41,7 +41,7 @@ def test_reports_mark_the_chosen_step(tmp_path):
              20: {"cot_eval_svamp": {"accuracy": 40.0}, "cot_eval_asdiv": {"accuracy": 10.0}}}
   means = {10: 25.0, 20: 25.0}
   paths = selection.write_selection(str(tmp_path), "mix", metrics, means, 10, "/run/ckpt_10")
-  table = open(paths["md"]).read()
+  table = open(paths["markdown"]).read()
   assert "| 10 **(chosen)** | 25.00 | 30.00 | 20.00 |" in table
   assert json.load(open(paths["json"]))["best_step"] == 10
   assert open(paths["png"], "rb").read(4) == b"\x89PNG"

@@ -6,8 +6,6 @@ that wires data, checkpoints and metrics around it.
 """
 import dataclasses
 import importlib
-import signal
-import threading
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import logging
@@ -18,6 +16,7 @@ import numpy as np
 import optax
 import seqio
 
+from instruct_jax import stop_signals
 from instruct_jax.data import pipeline
 from instruct_jax.errors import ActionableError
 from instruct_jax.train import checkpoints
@@ -195,36 +194,6 @@ class Trainer:
 # ---- the loop ---------------------------------------------------------------------
 
 
-class _StopRequest:
-  """Turns SIGTERM / SIGINT into a flag checked between steps (preemption-safe)."""
-
-  def __init__(self):
-    self.signal_name: Optional[str] = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal_name is not None:  # A second signal: stop waiting, leave now.
-      raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-    logging.warning("%s received: will checkpoint and stop after the current step.",
-                    self.signal_name)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  @property
-  def requested(self) -> bool:
-    return self.signal_name is not None
-
-
 def _summarize(metrics: Mapping[str, Any]) -> dict[str, float]:
   """Turns summed step metrics into per-token means for reporting."""
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -342,7 +311,8 @@ def train(*,
   reporter.timing(step, tokens_per_step)
   pending = None  # (step, metrics) of the last dispatched step, checked one step late.
   try:
-    with _StopRequest() as stop:
+    with stop_signals.StopOnSignal(on_signal=lambda name: logging.warning(
+        "%s received: will checkpoint and stop after the current step.", name)) as stop:
       while step < total_steps and not stop.requested:
         batch = next(data_iterator)
         state, metrics = trainer.train_step(state, batch)
