@@ -26,6 +26,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from instruct_jax.data import templates
+from instruct_jax.eval import metrics
 from tasks_registry import registration
 
 VOCABULARY = seqio.ByteVocabulary()
@@ -74,11 +76,6 @@ _NEGATIVE_WORDS = (
     "horrible", "gloomy", "painful", "dreadful",
 )
 _SENTENCE_FRAMES = ("it was {}", "so {}", "a {} day", "{} film", "{} food")
-
-
-def render_options(options: Sequence[str]) -> str:
-  """FLAN-style options block: 'OPTIONS:' then one '- option' line each."""
-  return "OPTIONS:\n" + "\n".join(f"- {option}" for option in options)
 
 
 def _pick(rng: np.random.Generator, items: Sequence[str]) -> str:
@@ -142,7 +139,7 @@ def sum_choice(rng: np.random.Generator) -> Example:
   options = (str(a + b), str(wrong))
   if rng.random() < 0.5:
     options = options[::-1]
-  prompt = f"Pick the value of {a} + {b}.\n{render_options(options)}"
+  prompt = f"Pick the value of {a} + {b}.\n{templates.render_options(options)}"
   return Example(prompt, str(a + b), options)
 
 
@@ -154,7 +151,7 @@ def parity(rng: np.random.Generator) -> Example:
   n = int(rng.integers(0, 100))
   options = ("even", "odd")
   template = _pick(rng, ("Is {} an even or an odd number?", "Number: {}. Even or odd?"))
-  return Example(f"{template.format(n)}\n{render_options(options)}",
+  return Example(f"{template.format(n)}\n{templates.render_options(options)}",
                  options[n % 2], options)
 
 
@@ -164,7 +161,7 @@ def sentiment_word(rng: np.random.Generator) -> Example:
   sentence = _pick(rng, _SENTENCE_FRAMES).format(word)
   options = ("positive", "negative")
   template = _pick(rng, ("Sentiment of: {}", "'{}' feels?"))
-  return Example(f"{template.format(sentence)}\n{render_options(options)}",
+  return Example(f"{template.format(sentence)}\n{templates.render_options(options)}",
                  options[0] if positive else options[1], options)
 
 
@@ -172,7 +169,7 @@ def larger_number(rng: np.random.Generator) -> Example:
   a, b = (int(x) for x in rng.choice(100, size=2, replace=False))
   options = (str(a), str(b))
   template = _pick(rng, ("Which is larger, {} or {}?", "Bigger of {} and {}?"))
-  return Example(f"{template.format(a, b)}\n{render_options(options)}",
+  return Example(f"{template.format(a, b)}\n{templates.render_options(options)}",
                  str(max(a, b)), options)
 
 
@@ -232,17 +229,6 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
   return tf.data.Dataset.from_tensor_slices(columns)
 
 
-def exact_match(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-  """seqio metric_fn: percentage of predictions equal to their target string."""
-  if len(targets) != len(predictions):
-    raise ValueError(f"exact_match got {len(targets)} targets but {len(predictions)} "
-                     "predictions; they must pair up one to one.")
-  def as_text(x):
-    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-  hits = sum(as_text(t).strip() == as_text(p).strip() for t, p in zip(targets, predictions))
-  return {"accuracy": 100.0 * hits / max(len(targets), 1)}
-
-
 def _register() -> None:
   for name in task_names():
     registration.replace_task(
@@ -257,7 +243,8 @@ def _register() -> None:
             seqio.CacheDatasetPlaceholder(),
             seqio.preprocessors.append_eos_after_trim,
         ],
-        metric_fns=[exact_match],
+        # Percentage of predictions equal to their target, surrounding whitespace ignored.
+        metric_fns=[metrics.accuracy],
     )
   training = [c for c in CLUSTERS if c != HELD_OUT_CLUSTER]
   registration.replace_mixture("smoke_train", task_names(training))

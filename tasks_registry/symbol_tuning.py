@@ -69,8 +69,8 @@ from typing import Iterable, Sequence
 import seqio
 import tensorflow as tf
 
-from instruct_jax import metrics
-from instruct_jax import symbol_report
+from instruct_jax.eval import metrics
+from instruct_jax.eval import symbol_suites
 from instruct_jax.data import in_context
 from instruct_jax.data import symbols
 from instruct_jax.data import templates
@@ -105,7 +105,7 @@ FLIPPED_SETTING = (False, in_context.FLIPPED)
 ALGORITHMIC_TASKS = ("list_functions", "simp_turing_concept")
 BIGBENCH_NUM_SHOTS = 4
 BIGBENCH_SPLIT = "all"
-# Report tables (instruct_jax.symbol_report).
+# Report tables (instruct_jax.eval.reports.symbols).
 UNSEEN_TABLE = "In-context classification, unseen tasks (accuracy)"
 FLIPPED_TABLE = "Flipped labels (accuracy on the flipped gold)"
 ALGORITHMIC_TABLE = "Algorithmic reasoning, BIG-bench (exact match)"
@@ -506,14 +506,14 @@ def register_algorithmic_tasks(bigbench_dir: str, vocabulary: seqio.Vocabulary |
 
 
 # --------------------------------------------------------------------------
-# The evaluation suites, laid out for instruct_jax.symbol_report.
+# The evaluation suites (instruct_jax.eval.symbol_suites), laid out for its report.
 
 
 def evaluation_suites(bigbench_dir: str | None = None, prefix: str = "",
                       vocabulary: seqio.Vocabulary | None = None,
                       num_shots: int = BIGBENCH_NUM_SHOTS,
                       datasets: Iterable[SymbolDataset] = EVAL_DATASETS,
-                      ) -> symbol_report.SuiteLayout:
+                      ) -> symbol_suites.SuiteLayout:
   """What `instruct-jax symbol-eval` runs and how its report lays the results out.
 
   The classification suites (registered at import) always; the BIG-bench
@@ -522,21 +522,21 @@ def evaluation_suites(bigbench_dir: str | None = None, prefix: str = "",
   cells = {}
   for data in datasets:
     for setting in SETTINGS:
-      cells[eval_task_name(data, setting, prefix)] = symbol_report.Cell(
+      cells[eval_task_name(data, setting, prefix)] = symbol_suites.Cell(
           UNSEEN_TABLE, data.name, setting)
   for data in datasets:
-    cells[eval_task_name(data, FLIPPED_LABELS, prefix)] = symbol_report.Cell(
+    cells[eval_task_name(data, FLIPPED_LABELS, prefix)] = symbol_suites.Cell(
         FLIPPED_TABLE, data.name, FLIPPED_LABELS)
-  runs = [symbol_report.EvalRun(f"{prefix}{EVAL_PREFIX}classification", "validation")]
+  runs = [symbol_suites.EvalRun(f"{prefix}{EVAL_PREFIX}classification", "validation")]
   if bigbench_dir:
     registered = register_algorithmic_tasks(bigbench_dir, vocabulary, prefix,
                                             num_shots=num_shots)
     for task, names in registered.items():
       for name in names:
         kind = "multiple choice" if name.endswith("_mc") else "generation"
-        cells[name] = symbol_report.Cell(ALGORITHMIC_TABLE, task, kind)
-    runs.append(symbol_report.EvalRun(f"{prefix}{EVAL_PREFIX}algorithmic", BIGBENCH_SPLIT))
-  return symbol_report.SuiteLayout(runs=tuple(runs), cells=cells)
+        cells[name] = symbol_suites.Cell(ALGORITHMIC_TABLE, task, kind)
+    runs.append(symbol_suites.EvalRun(f"{prefix}{EVAL_PREFIX}algorithmic", BIGBENCH_SPLIT))
+  return symbol_suites.SuiteLayout(runs=tuple(runs), cells=cells)
 
 
 register()

@@ -2,8 +2,8 @@
 import numpy as np
 import seqio
 
-from instruct_jax.models import model as models
-from instruct_jax.models import t5
+from instruct_jax.models import encoder_decoder
+from instruct_jax.models.networks import t5
 
 INPUT_LENGTH = 16
 TARGET_LENGTH = 8
@@ -18,9 +18,9 @@ def tiny_t5_config(**overrides) -> t5.T5Config:
   return t5.T5Config(**fields)
 
 
-def tiny_t5(**overrides) -> models.EncoderDecoderModel:
+def tiny_t5(**overrides) -> encoder_decoder.EncoderDecoderModel:
   vocab = seqio.ByteVocabulary()
-  return models.EncoderDecoderModel(t5.Transformer(tiny_t5_config(**overrides)), vocab, vocab)
+  return encoder_decoder.EncoderDecoderModel(t5.Transformer(tiny_t5_config(**overrides)), vocab, vocab)
 
 
 def input_shapes(batch: int, input_length: int = INPUT_LENGTH,

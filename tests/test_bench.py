@@ -3,7 +3,8 @@ import gin
 import optax
 import pytest
 
-from instruct_jax import bench
+from instruct_jax.benchmarks import report
+from instruct_jax.benchmarks import train_step
 from instruct_jax import cli
 from instruct_jax.models import flops
 import factories
@@ -11,7 +12,7 @@ import factories
 
 def test_benchmark_reports_throughput_flops_and_memory():
   model = factories.tiny_t5()
-  results = bench.benchmark_train_step(model, optax.adafactor(1e-3), batch_size=8,
+  results = train_step.benchmark_train_step(model, optax.adafactor(1e-3), batch_size=8,
                                        input_length=16, target_length=8, steps=2,
                                        parameter_partitioning_dims=2)
   assert results["devices"] == 8
@@ -24,7 +25,7 @@ def test_benchmark_reports_throughput_flops_and_memory():
   # (which also holds the small batch and omits pass-through placeholders).
   assert results["state_bytes_per_device"] == pytest.approx(
       results["compiled_argument_bytes_per_device"], rel=0.05)
-  assert "tokens_per_second" in bench.format_report(results)
+  assert "tokens_per_second" in report.format_report(results)
 
 
 def test_bench_command_prints_a_report(capsys):

@@ -1,4 +1,5 @@
-"""Tests for instruct_jax.train.checkpoints on 8 fake CPU devices, with tiny arrays."""
+"""Tests for instruct_jax.checkpoints (run checkpointer, params loading, MODEL_DIR layout) on
+8 fake CPU devices, with tiny arrays."""
 import json
 import os
 import socket
@@ -11,7 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from instruct_jax.train import checkpoints
+from instruct_jax.checkpoints import run_checkpointer
+from instruct_jax.checkpoints import layout
+from instruct_jax.checkpoints import params_io
 from instruct_jax.train.state import TrainState
 
 P = jax.sharding.PartitionSpec
@@ -108,7 +111,7 @@ def make_checkpointer(tmp_path):
   def make(model_dir=None, **kwargs):
     kwargs.setdefault("save_period", 1)
     kwargs.setdefault("async_save", False)
-    ckpt = checkpoints.Checkpointer(str(model_dir or tmp_path / "run"), **kwargs)
+    ckpt = run_checkpointer.Checkpointer(str(model_dir or tmp_path / "run"), **kwargs)
     created.append(ckpt)
     return ckpt
 
@@ -161,7 +164,7 @@ def test_keep_prunes_old_steps_with_their_iterator_state(make_checkpointer, tmp_
   assert _step_dirs(run) == ["checkpoint_3", "checkpoint_4"]
   for step in (3, 4):
     saved = CountingIterator()
-    saved.restore(str(run / f"checkpoint_{step}" / checkpoints.DATA_ITERATOR_ITEM))
+    saved.restore(str(run / f"checkpoint_{step}" / layout.DATA_ITERATOR_ITEM))
     assert saved.position == step
   assert not [p for p in os.listdir(run) if "train_ds" in p]  # nothing left beside steps
 
@@ -256,12 +259,12 @@ def test_load_params_reads_only_params(make_checkpointer, tmp_path):
   ckpt.wait_until_finished()
   abstract_params = _abstract(newest.params, lambda s: _fsdp_sharding(s, mesh))
 
-  from_model_dir = checkpoints.load_params(str(tmp_path / "run"), abstract_params)
+  from_model_dir = params_io.load_params(str(tmp_path / "run"), abstract_params)
   _assert_trees_bitwise_equal(from_model_dir, newest.params)
   kernel = from_model_dir["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
   assert kernel.sharding == jax.sharding.NamedSharding(mesh, P("data"))
 
-  from_step_dir = checkpoints.load_params(str(tmp_path / "run" / "checkpoint_5"),
+  from_step_dir = params_io.load_params(str(tmp_path / "run" / "checkpoint_5"),
                                           abstract_params)
   _assert_trees_bitwise_equal(from_step_dir, _make_state(step=5, seed=5).params)
 
@@ -272,9 +275,9 @@ def test_empty_dir_errors(make_checkpointer, tmp_path):
   with pytest.raises(FileNotFoundError, match="No finished checkpoint found"):
     ckpt.restore(_abstract(_make_state(), _single_device))
   with pytest.raises(FileNotFoundError, match="Found no checkpoint"):
-    checkpoints.load_params(str(tmp_path / "run"), _make_params())
+    params_io.load_params(str(tmp_path / "run"), _make_params())
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    checkpoints.load_params(str(tmp_path / "nowhere"), _make_params())
+    params_io.load_params(str(tmp_path / "nowhere"), _make_params())
 
 
 def test_restore_unknown_step_lists_available(make_checkpointer):
@@ -295,7 +298,7 @@ def test_mismatched_trees_name_every_problem(make_checkpointer, tmp_path):
   params["extra"] = {"kernel": jnp.zeros((2, 2))}  # not in the checkpoint
   params["token_embedder"] = {"embedding": jnp.zeros((32, 8))}  # other vocab size
   with pytest.raises(ValueError) as err:
-    checkpoints.load_params(str(tmp_path / "run"), params)
+    params_io.load_params(str(tmp_path / "run"), params)
   message = str(err.value)
   assert "missing from checkpoint: extra/kernel" in message
   assert "unexpected in checkpoint: decoder/decoder_norm/scale" in message
@@ -318,7 +321,8 @@ import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
 import numpy as np
-from instruct_jax.train import checkpoints
+from instruct_jax.checkpoints import params_io
+from instruct_jax.checkpoints import run_checkpointer
 from instruct_jax.train.state import TrainState
 
 mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))  # 2 processes x 2 devices
@@ -341,7 +345,7 @@ class Iterator:
       self.position = json.load(f)
 
 params = {"emb": np.arange(64, dtype=np.float32).reshape(16, 4), "b": np.ones(3, np.float32)}
-ckpt = checkpoints.Checkpointer(model_dir, save_period=5, keep=1, async_save=True)
+ckpt = run_checkpointer.Checkpointer(model_dir, save_period=5, keep=1, async_save=True)
 for step in (5, 10):
   state = TrainState(step=global_array(np.int32(step)),
                      params=jax.tree.map(lambda p: global_array(p * step), params), opt_state=())
@@ -355,7 +359,7 @@ assert iterator.position == 1000 + process_id, iterator.position
 for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
   for got_shard, want_shard in zip(got.addressable_shards, want.addressable_shards):
     np.testing.assert_array_equal(np.asarray(got_shard.data), np.asarray(want_shard.data))
-loaded = checkpoints.load_params(model_dir, abstract.params)
+loaded = params_io.load_params(model_dir, abstract.params)
 np.testing.assert_array_equal(
     np.asarray(loaded["emb"].addressable_shards[0].data),
     np.asarray(state.params["emb"].addressable_shards[0].data))
@@ -386,4 +390,96 @@ def test_two_processes_save_and_restore(tmp_path):
     assert proc.returncode == 0 and f"WORKER_OK {i}" in out, out[-3000:]
   assert _step_dirs(model_dir) == ["checkpoint_10"]
   assert {"it-0.json", "it-1.json"} <= set(
-      os.listdir(model_dir / "checkpoint_10" / checkpoints.DATA_ITERATOR_ITEM))
+      os.listdir(model_dir / "checkpoint_10" / layout.DATA_ITERATOR_ITEM))
+
+
+def test_model_dir_picks_the_newest_finished_step_numerically(make_checkpointer, tmp_path):
+  ckpt = make_checkpointer()
+  ckpt.save(9, _make_state(step=9, seed=9))
+  ckpt.save(10, _make_state(step=10, seed=10))
+  ckpt.wait_until_finished()
+  run = tmp_path / "run"
+  (run / "checkpoint_11.orbax-checkpoint-tmp-1").mkdir()  # an unfinished save
+  (run / "checkpoint_12").write_text("not a directory")
+  fmt, location = params_io.detect_checkpoint_format(str(run))
+  assert fmt == params_io.ORBAX_TRAIN_STATE
+  assert str(location) == str(run / "checkpoint_10" / layout.STATE_ITEM)
+
+
+# ---------------------------------------------------------------------------
+# layout: MODEL_DIR names and run.json.
+# ---------------------------------------------------------------------------
+
+
+def test_layout_names_round_trip():
+  for step in (0, 7, 123456):
+    name = layout.checkpoint_dir_name(step)
+    assert layout.step_of_dir_name(name) == step
+    assert layout.step_of_dir_name(name + "/") == step
+    path = layout.checkpoint_dir("/runs/a", step)
+    assert path == os.path.join("/runs/a", name)
+    assert layout.step_of_checkpoint(os.path.join(path, layout.STATE_ITEM)) == step
+    assert layout.model_dir_of_checkpoint(path) == "/runs/a"
+    assert layout.model_dir_of_checkpoint(path + "/") == "/runs/a"
+    assert layout.step_of_metrics_file(layout.metrics_file_name(step)) == step
+    assert layout.report_stem("report", step) == f"report_step_{step}"
+  assert layout.model_dir_of_checkpoint("/runs/a") == "/runs/a"
+  assert layout.step_of_checkpoint("/runs/a") is None
+  assert layout.report_stem("report") == "report"
+  for name in ("checkpoint_3.orbax-checkpoint-tmp-1", "checkpoint_", "checkpoint_1x",
+               "ckpt_1", "my_checkpoint_1"):
+    assert layout.step_of_dir_name(name) is None, name
+  assert layout.step_of_metrics_file("metrics_step_5.json.tmp") is None
+
+
+def test_layout_lists_finished_checkpoints_and_the_latest_metrics(tmp_path):
+  for name in ("checkpoint_10", "checkpoint_2", "checkpoint_3.orbax-checkpoint-tmp-1", "other"):
+    (tmp_path / name).mkdir()
+  assert layout.checkpoint_dirs(str(tmp_path)) == [
+      (2, str(tmp_path / "checkpoint_2")), (10, str(tmp_path / "checkpoint_10"))]
+  assert layout.checkpoint_dirs(str(tmp_path / "missing")) == []
+
+  results = layout.eval_dir(str(tmp_path))
+  assert results == os.path.join(str(tmp_path), layout.EVAL_SUBDIR)
+  assert layout.latest_metrics_file(results) is None
+  os.makedirs(results)
+  for step in (5, 40, 9):
+    open(os.path.join(results, layout.metrics_file_name(step)), "w").close()
+  open(os.path.join(results, "summary.json"), "w").close()
+  assert layout.latest_metrics_file(results) == (
+      40, os.path.join(results, layout.metrics_file_name(40)))
+
+
+def test_run_status_round_trip_and_atomic_write(tmp_path):
+  model_dir = str(tmp_path / "run")
+  assert layout.read_run_status(model_dir) is None  # never trained: no file, no error
+
+  stopped = layout.RunStatus(total_steps=10, last_step=4, status=layout.STOPPED, time=1.5)
+  path = layout.write_run_status(model_dir, stopped)
+  assert path == os.path.join(model_dir, layout.RUN_STATUS_FILE)
+  assert os.listdir(model_dir) == [layout.RUN_STATUS_FILE]  # no partial file left behind
+  assert layout.read_run_status(model_dir) == stopped
+  assert not stopped.finished
+
+  # A write that breaks halfway (here: a value JSON cannot encode) leaves the old file whole.
+  with pytest.raises(TypeError):
+    layout.write_run_status(model_dir, layout.RunStatus(
+        total_steps=10, last_step=10, status=layout.FINISHED, time=object()))
+  assert layout.read_run_status(model_dir) == stopped
+
+  failed = layout.RunStatus(total_steps=10, last_step=4, status=layout.FAILED, time=2.0,
+                            error="NonFiniteLossError: loss=nan at step 5")
+  layout.write_run_status(model_dir, failed)
+  assert layout.read_run_status(model_dir) == failed
+  finished = layout.RunStatus(total_steps=10, last_step=10, status=layout.FINISHED, time=3.0)
+  layout.write_run_status(model_dir, finished)
+  assert layout.read_run_status(model_dir).finished
+
+  # Fields a newer writer adds are ignored; an unknown status is refused.
+  with open(path) as f:
+    record = json.load(f)
+  with open(path, "w") as f:
+    json.dump({**record, "host": "worker-0"}, f)
+  assert layout.read_run_status(model_dir) == finished
+  with pytest.raises(ValueError, match="not one of"):
+    layout.RunStatus(total_steps=1, last_step=1, status="done", time=0.0)

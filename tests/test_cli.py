@@ -11,6 +11,8 @@ import pytest
 
 from instruct_jax import cli
 
+from instruct_jax.cli import gin_setup
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -127,7 +129,7 @@ def test_unknown_task_lists_close_names(capsys, tmp_path):
 
 
 def test_gin_binding_flag_parsing():
-  rest, bindings = cli.split_gin_bindings(
+  rest, bindings = gin_setup.split_gin_bindings(
       ["train", "--gin.A=1", "--gin.B", "'x'", "--gin_file=f.gin"])
   assert rest == ["train", "--gin_file=f.gin"]
   assert bindings == ["A = 1", "B = 'x'"]

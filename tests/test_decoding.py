@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import seqio
 
-from instruct_jax import decoding
-from instruct_jax.models import decoder
-from instruct_jax.models import model as models
-from instruct_jax.models import t5
+from instruct_jax.models import decoder_only
+from instruct_jax.models import decoding
+from instruct_jax.models import encoder_decoder
+from instruct_jax.models.networks import decoder
+from instruct_jax.models.networks import t5
 from instruct_jax.train import partitioning
+from instruct_jax.benchmarks import decode_speed
+from instruct_jax.benchmarks import report
 
 VOCAB = 384
 TINY = dict(vocab_size=VOCAB, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64, dtype="float32")
@@ -42,7 +45,8 @@ def _predict(model, params, batch, cfg, rng=None):
 
 def _t5():
   module = t5.Transformer(t5.T5Config(num_encoder_layers=2, num_decoder_layers=2, **TINY))
-  return models.EncoderDecoderModel(module, seqio.ByteVocabulary(), seqio.ByteVocabulary())
+  return encoder_decoder.EncoderDecoderModel(module, seqio.ByteVocabulary(),
+                                             seqio.ByteVocabulary())
 
 
 def _encdec_batch(seed=0):
@@ -86,8 +90,8 @@ def t5_greedy(t5_setup):
 
 def _decoder_model(prefix):
   module = decoder.DecoderOnly(decoder.DecoderConfig(num_layers=2, **TINY))
-  return models.DecoderOnlyModel(module, seqio.ByteVocabulary(),
-                                 inputs_bidirectional_attention=prefix)
+  return decoder_only.DecoderOnlyModel(module, seqio.ByteVocabulary(),
+                                       inputs_bidirectional_attention=prefix)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["causal_lm", "prefix_lm"])
@@ -344,13 +348,12 @@ def test_decoding_on_8_devices_matches_one_device(t5_setup, cfg):
 
 
 def test_decode_benchmark_reports_tokens_per_second():
-  from instruct_jax import bench  # pylint: disable=g-import-not-at-top
-  results = bench.benchmark_decode(_t5(), batch_size=8, input_length=8, target_length=4,
+  results = decode_speed.benchmark_decode(_t5(), batch_size=8, input_length=8, target_length=4,
                                    steps=1, methods=("beam",), num_beams=2, use_cache=(True,))
   assert results["beam2_cached_tokens_per_second"] > 0
   assert results["beam2_cached_tokens_per_second"] == pytest.approx(
       8 * 4 / results["beam2_cached_seconds_per_batch"])
-  assert "beam2_cached_tokens_per_second" in bench.format_report(results)
+  assert "beam2_cached_tokens_per_second" in report.format_report(results)
 
 
 def test_decode_benchmark_rejects_unknown_methods(capsys):

@@ -9,8 +9,8 @@ import tensorflow as tf
 import factories
 from instruct_jax.errors import UsageError
 from instruct_jax.models import distillation
-from instruct_jax.models import model as models
-from instruct_jax.models import t5
+from instruct_jax.models import encoder_decoder
+from instruct_jax.models.networks import t5
 
 K = 4
 BATCH = 4
@@ -58,8 +58,9 @@ def _sparse_teacher(batch, seed=1):
 def test_kl_with_one_hot_teacher_equals_nll(params, factor):
   batch = _one_hot_teacher(factories.synthetic_batch(BATCH))
   distil = _model(loss_normalizing_factor=factor)
-  plain = models.EncoderDecoderModel(distil.module, distil.input_vocabulary,
-                                     distil.output_vocabulary, loss_normalizing_factor=factor)
+  plain = encoder_decoder.EncoderDecoderModel(distil.module, distil.input_vocabulary,
+                                              distil.output_vocabulary,
+                                              loss_normalizing_factor=factor)
   both = jax.jit(lambda p, b: (_loss_and_grads(distil, p, b), _loss_and_grads(plain, p, b)))
   ((loss, metrics), grads), ((ref_loss, ref_metrics), ref_grads) = both(params, batch)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -95,8 +96,8 @@ def test_kl_value_gradients_and_masking(params):
 def test_sample_matching_is_the_plain_loss_and_may_pack(params):
   batch = _sparse_teacher(factories.synthetic_batch(BATCH))
   sample = _model(distillation.SAMPLE_MATCHING)
-  plain = models.EncoderDecoderModel(sample.module, sample.input_vocabulary,
-                                     sample.output_vocabulary)
+  plain = encoder_decoder.EncoderDecoderModel(sample.module, sample.input_vocabulary,
+                                              sample.output_vocabulary)
   both = jax.jit(lambda p, b: (sample.loss_fn(p, b, None)[0], plain.loss_fn(p, b, None)[0]))
   np.testing.assert_allclose(*both(params, batch), rtol=1e-6)
   assert type(sample.feature_converter(pack=True)) is seqio.EncDecFeatureConverter
@@ -153,9 +154,10 @@ def test_feature_converter_pads_teacher_rows_with_the_targets():
 def test_experiment_gins_parse_with_the_reference_hyperparameters(gin_file, objective):
   import gin  # pylint: disable=g-import-not-at-top
   from instruct_jax import cli  # pylint: disable=g-import-not-at-top
+  from instruct_jax.cli import gin_setup  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:
-    cli.parse_gin(["models/t5_1_1/tiny.gin", gin_file],
+    gin_setup.parse_gin(["models/t5_1_1/tiny.gin", gin_file],
                   ["MODEL_DIR='/tmp/unused'", "TEACHER_FILE='/tmp/unused.jsonl'",
                    "INITIAL_CHECKPOINT_PATH=None"])
     assert gin.query_parameter("optimizers.learning_rate_schedule.name") == "cosine"

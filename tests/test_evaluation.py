@@ -1,4 +1,4 @@
-"""seqio evaluation glue, rank classification, infer-eval hook, reports, and `instruct-jax eval`."""
+"""Model runner, eval session, rank classification, infer-eval hook, reports, `instruct-jax eval`."""
 
 import json
 import os
@@ -16,12 +16,16 @@ import tensorflow as tf
 
 import tasks_registry  # noqa: F401  (registers the smoke tasks)
 from instruct_jax import cli
-from instruct_jax import decoding
-from instruct_jax import evaluation
-from instruct_jax import reports
-from instruct_jax.models import decoder
-from instruct_jax.models import model as models
+from instruct_jax.data import rank_classification
+from instruct_jax.models import decoding
+from instruct_jax.eval import infer_eval as infer_eval_lib
+from instruct_jax.eval import runner as runner_lib
+from instruct_jax.eval import session as session_lib
+from instruct_jax.eval.reports import evaluation as reports
+from instruct_jax.models.networks import decoder
+from instruct_jax.models import decoder_only
 from instruct_jax.train import partitioning
+from instruct_jax.train import state as state_lib
 from tasks_registry import smoke
 
 import factories
@@ -37,7 +41,7 @@ def _tiny_t5():
 
 def _params(model, partitioner, shapes=None):
   """Fresh params laid out like evaluate() lays out checkpoint params."""
-  abstract, shardings = evaluation.abstract_params_and_shardings(model, partitioner)
+  abstract, shardings, _ = state_lib.abstract_params(model, partitioner)
   shapes = shapes or {k: v.shape for k, v in factories.synthetic_batch(8).items()}
   with partitioner.activation_context():
     params = jax.jit(lambda rng: nn.meta.unbox(model.init_params(rng, shapes)),
@@ -53,11 +57,12 @@ def _one_device():
 
 
 @pytest.fixture(scope="module")
-def t5_runner():
+def t5_session():
+  """(model, params, EvalSession); the session's runner is the ModelRunner under test."""
   partitioner = _one_device()
   model = _tiny_t5()
-  params, shardings = _params(model, partitioner)
-  return model, params, evaluation.ModelRunner(model, partitioner, shardings, batch_size=8)
+  params, _ = _params(model, partitioner)
+  return model, params, session_lib.EvalSession(model, partitioner, batch_size=8)
 
 
 def _examples(model, num, lengths=LENGTHS):
@@ -75,8 +80,9 @@ def _stack(dataset):
 # --- ModelRunner --------------------------------------------------------------------
 
 
-def test_runner_batches_pads_and_keeps_every_example(t5_runner):
-  model, params, runner = t5_runner
+def test_runner_batches_pads_and_keeps_every_example(t5_session):
+  model, params, session = t5_session
+  runner = session.runner
   dataset = _examples(model, 11)  # one full batch of 8 and a padded one of 3
   batch = _stack(dataset)
   scores = runner.score(params, dataset)
@@ -92,14 +98,14 @@ def test_runner_batches_pads_and_keeps_every_example(t5_runner):
   np.testing.assert_array_equal(tokens, direct)
   np.testing.assert_allclose([s for _, _, s in predictions], direct_scores, rtol=1e-5,
                              atol=1e-4)
-  assert evaluation.trim_at_eos(np.asarray([5, 6, 1, 0]), 1) == [5, 6, 1]
-  assert evaluation.trim_at_eos(np.asarray([5, 6, 0, 0]), 1) == [5, 6]
+  assert runner_lib.trim_at_eos(np.asarray([5, 6, 1, 0]), 1) == [5, 6, 1]
+  assert runner_lib.trim_at_eos(np.asarray([5, 6, 0, 0]), 1) == [5, 6]
 
 
-def test_runner_rejects_batch_not_divisible_by_data_parallel(t5_runner):
-  model, params, _ = t5_runner
+def test_runner_rejects_batch_not_divisible_by_data_parallel(t5_session):
+  model, _, _ = t5_session
   with pytest.raises(ValueError, match="multiple of the data-parallel size 8"):
-    evaluation.ModelRunner(model, partitioning.Partitioner(), None, batch_size=6)
+    runner_lib.ModelRunner(model, partitioning.Partitioner(), None, batch_size=6)
 
 
 def test_decoder_only_model_through_the_evaluator():
@@ -107,15 +113,14 @@ def test_decoder_only_model_through_the_evaluator():
   partitioner = partitioning.Partitioner(num_partitions=2)
   config = decoder.DecoderConfig(vocab_size=384, emb_dim=32, num_heads=4, num_layers=2,
                                  head_dim=8, mlp_dim=64, dtype="float32")
-  model = models.DecoderOnlyModel(decoder.DecoderOnly(config), VOCAB,
+  model = decoder_only.DecoderOnlyModel(decoder.DecoderOnly(config), VOCAB,
                                   inputs_bidirectional_attention=True)
   shapes = {k: (8, 16) for k in ("decoder_input_tokens", "decoder_target_tokens")}
-  params, shardings = _params(model, partitioner, shapes)
-  runner = evaluation.ModelRunner(model, partitioner, shardings, batch_size=8,
-                                  decode_cfg=decoding.DecodeConfig(max_decode_length=4))
-  evaluator = evaluation.make_evaluator(model, "smoke_add_digits", "validation",
-                                        {"inputs": 40, "targets": 8}, None, num_examples=8)
-  result = evaluation.run_evaluator(evaluator, runner, params, step=0)
+  params, _ = _params(model, partitioner, shapes)
+  session = session_lib.EvalSession(model, partitioner, batch_size=8,
+                                    decode_cfg=decoding.DecodeConfig(max_decode_length=4))
+  result = session.evaluate("smoke_add_digits", "validation", {"inputs": 40, "targets": 8},
+                            num_examples=8, params=params, step=0)
   assert set(result) == {"smoke_add_digits"} and 0 <= result["smoke_add_digits"]["accuracy"]
 
 
@@ -139,7 +144,7 @@ def _register_option_task(name, answers):
       output_features=smoke.OUTPUT_FEATURES,
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
       metric_fns=[])
-  return evaluation.register_rank_classification_task(name)
+  return rank_classification.register_rank_classification_task(name)
 
 
 def _option_log_likelihoods(model, params):
@@ -163,16 +168,15 @@ def _option_log_likelihoods(model, params):
   return out
 
 
-def test_rank_classification_picks_the_most_likely_option(t5_runner):
-  model, params, runner = t5_runner
+def test_rank_classification_picks_the_most_likely_option(t5_session):
+  model, params, session = t5_session
   likelihoods = _option_log_likelihoods(model, params)
   best = [opts[int(np.argmax(s))] for opts, s in zip(_OPTIONS, likelihoods)]
   worst = [opts[int(np.argmin(s))] for opts, s in zip(_OPTIONS, likelihoods)]
   mixed = best[:3] + worst[3:]
   for answers, expected in ((best, 100.0), (worst, 0.0), (mixed, 50.0)):
     name = _register_option_task("eval_test_options", answers)
-    evaluator = evaluation.make_evaluator(model, name, "validation", None, None)
-    result = evaluation.run_evaluator(evaluator, runner, params, step=0)[name]
+    result = session.evaluate(name, "validation", None, params=params, step=0)[name]
     assert result["accuracy"] == pytest.approx(expected)
     assert result["num_examples"] == 6
 
@@ -184,20 +188,18 @@ def test_rank_classification_needs_a_task_with_tokenize():
                                                          splits=("validation",)),
                          output_features=smoke.OUTPUT_FEATURES, preprocessors=[])
   with pytest.raises(ValueError, match="tokenize"):
-    evaluation.register_rank_classification_task("eval_test_no_tokenize")
+    rank_classification.register_rank_classification_task("eval_test_no_tokenize")
 
 
 # --- infer-eval during training -----------------------------------------------------
 
 
-def test_infer_eval_hook_returns_scalars_and_writes_reports(tmp_path, t5_runner):
-  model, params, runner = t5_runner
+def test_infer_eval_hook_returns_scalars_and_writes_reports(tmp_path, t5_session):
+  model, params, session = t5_session
   # What trainer.train hands the hook (a Trainer; only these attributes are used).
-  trainer = types.SimpleNamespace(
-      model=model, partitioner=runner.partitioner,
-      state_shardings=types.SimpleNamespace(params=jax.tree.map(lambda x: x.sharding, params)))
+  trainer = types.SimpleNamespace(model=model, partitioner=session.partitioner)
   state = types.SimpleNamespace(params=params)
-  infer_eval = evaluation.InferEval(
+  infer_eval = infer_eval_lib.InferEval(
       "smoke_eval_arithmetic", task_feature_lengths={"inputs": 48, "targets": 8},
       batch_size=8, model_dir=str(tmp_path), num_examples=8,
       cluster_of=reports.cluster_lookup(smoke.CLUSTERS, prefix="smoke_"))
@@ -236,7 +238,7 @@ def test_report_tables_and_chart(tmp_path):
       "smoke_reverse_word": {"rouge1": 40.0, "rougeLsum": 30.0},
   }
   lookup = reports.cluster_lookup(smoke.CLUSTERS, prefix="smoke_")
-  paths = reports.write_report(str(tmp_path), task_metrics, step=12, cluster_of=lookup)
+  paths = reports.render_report(task_metrics, step=12, cluster_of=lookup).write(str(tmp_path))
   report = json.loads(open(paths["json"]).read())
   clusters = {c["cluster"]: c for c in report["clusters"]}
   assert clusters["classification"]["mean_score"] == pytest.approx(60.0)
@@ -284,7 +286,7 @@ def test_smoke_training_then_eval_command_beats_chance(tmp_path, clean_gin):
   assert any("inference_eval/smoke_add_digits/accuracy" in record for record in logged)
   assert os.path.exists(os.path.join(model_dir, "inference_eval", "report_step_200.png"))
 
-  rank_task = evaluation.register_rank_classification_task("smoke_sum_choice")
+  rank_task = rank_classification.register_rank_classification_task("smoke_sum_choice")
   seqio.MixtureRegistry.remove("eval_test_arithmetic")
   seqio.MixtureRegistry.add("eval_test_arithmetic", ["smoke_add_digits", rank_task],
                             default_rate=1.0)

@@ -6,7 +6,7 @@ import pytest
 import seqio
 
 import gin_configs
-from instruct_jax import cli
+from instruct_jax.cli import gin_setup
 from tasks_registry import flan
 
 EXPERIMENTS = os.path.join(gin_configs.ROOT, "experiments", "flan")
@@ -27,7 +27,7 @@ def clean_gin():
 @pytest.mark.parametrize("cluster", sorted(flan.CLUSTERS))
 def test_holdout_gin_parses_with_a_model_and_names_registered_mixtures(cluster, clean_gin):
   del clean_gin
-  cli.parse_gin(["models/t5_1_1/tiny.gin", f"experiments/flan/holdout_{cluster}.gin"],
+  gin_setup.parse_gin(["models/t5_1_1/tiny.gin", f"experiments/flan/holdout_{cluster}.gin"],
                 ["MODEL_DIR = '/tmp/flan_gin_test'"])
   train = gin.query_parameter("%MIXTURE_OR_TASK_NAME")
   evaluation = gin.query_parameter("%HOLDOUT_EVAL_MIXTURE_OR_TASK_NAME")

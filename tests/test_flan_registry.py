@@ -10,7 +10,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from instruct_jax import metrics
+from instruct_jax.eval import metrics
 from tasks_registry import flan
 from tasks_registry import registration
 from tasks_registry.flan import clusters

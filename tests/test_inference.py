@@ -12,8 +12,8 @@ import pytest
 import seqio
 
 from instruct_jax import cli
-from instruct_jax import inference
-from instruct_jax.train import checkpoints
+from instruct_jax.eval import inference
+from instruct_jax.checkpoints import run_checkpointer
 from instruct_jax.train.state import TrainState
 
 import factories
@@ -94,7 +94,7 @@ def tiny_checkpoint(tmp_path_factory):
   params = nn.meta.unbox(jax.jit(lambda rng: model.init_params(rng, shapes))(
       jax.random.PRNGKey(0)))
   model_dir = str(tmp_path_factory.mktemp("infer_run"))
-  with checkpoints.Checkpointer(model_dir, save_period=None, async_save=False) as ckpt:
+  with run_checkpointer.Checkpointer(model_dir, save_period=None, async_save=False) as ckpt:
     ckpt.save(0, TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=()),
               force=True)
   return model, params, model_dir

@@ -20,12 +20,15 @@ import safetensors.numpy  # noqa: E402
 import seqio  # noqa: E402
 
 from instruct_jax import cli  # noqa: E402
+
+from instruct_jax.cli import gin_setup  # noqa: E402
 from instruct_jax.errors import UsageError  # noqa: E402
-from instruct_jax.interop import convert  # noqa: E402
-from instruct_jax.interop import hf  # noqa: E402
-from instruct_jax.models import model as models  # noqa: E402
-from instruct_jax.models import t5  # noqa: E402
-from instruct_jax.train import checkpoints  # noqa: E402
+from instruct_jax.checkpoints import conversion as convert  # noqa: E402
+from instruct_jax.checkpoints import hf  # noqa: E402
+from instruct_jax.models import encoder_decoder  # noqa: E402
+from instruct_jax.models.networks import t5  # noqa: E402
+from instruct_jax.checkpoints import run_checkpointer
+from instruct_jax.checkpoints import params_io
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -79,9 +82,9 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
           "decoder_loss_weights": (targets > 0).astype(np.int32)}
 
 
-def _our_model(config: t5.T5Config) -> models.EncoderDecoderModel:
+def _our_model(config: t5.T5Config) -> encoder_decoder.EncoderDecoderModel:
   vocab = seqio.PassThroughVocabulary(size=VOCAB)
-  return models.EncoderDecoderModel(t5.Transformer(config), vocab, vocab)
+  return encoder_decoder.EncoderDecoderModel(t5.Transformer(config), vocab, vocab)
 
 
 def _converted(directory: str):
@@ -154,7 +157,7 @@ def test_scores_match_transformers_loss(hf_checkpoint):
 
 
 def test_greedy_decoding_matches_generate(hf_checkpoint):
-  decoding = pytest.importorskip("instruct_jax.decoding")
+  decoding = pytest.importorskip("instruct_jax.models.decoding")
   variant, hf_model, directory = hf_checkpoint
   model, params, _ = _converted(directory)
   batch = _batch(seed=2)
@@ -228,11 +231,11 @@ def test_export_without_hf_config_and_with_gin(hf_checkpoint, tmp_path):
   gin_file.write_text(convert.model_gin_text(
       hf.t5_config_from_hf(_hf_model(other).config.to_dict()), "test", "x"))
   gin.clear_config()
-  cli.parse_gin([str(gin_file)], [])
+  gin_setup.parse_gin([str(gin_file)], [])
   try:
     with pytest.raises(UsageError, match="logits_via_embedding"):
       convert.convert_to_hf(ours_dir, str(tmp_path / "bad"),
-                            config=convert.model_config_from_gin())
+                            config=convert.t5_config_of(gin_setup.build_macro("MODEL", "a model gin")))
   finally:
     gin.clear_config()
 
@@ -243,8 +246,8 @@ def test_written_model_gin_builds_the_model_and_loads(hf_checkpoint, tmp_path):
   convert.convert_to_ours(directory, ours_dir, "hf")
   gin.clear_config()
   try:
-    cli.parse_gin([os.path.join(ours_dir, "model.gin")], ["ACTIVATION_DTYPE = 'float32'"])
-    config = convert.model_config_from_gin()
+    gin_setup.parse_gin([os.path.join(ours_dir, "model.gin")], ["ACTIVATION_DTYPE = 'float32'"])
+    config = convert.t5_config_of(gin_setup.build_macro("MODEL", "a model gin"))
   finally:
     gin.clear_config()
   expected, params, _ = hf.load_hf_checkpoint(directory, dtype="float32")
@@ -254,9 +257,9 @@ def test_written_model_gin_builds_the_model_and_loads(hf_checkpoint, tmp_path):
             "decoder_target_tokens": (8, TARGET_LENGTH)}
   abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init_params(jax.random.key(0), shapes)))
   for path in (ours_dir, directory):  # Converted checkpoint, and the HF directory itself.
-    assert checkpoints.detect_checkpoint_format(path)[0] == (
-        checkpoints.ORBAX_TRAIN_STATE if path == ours_dir else checkpoints.HF_SAFETENSORS)
-    loaded = checkpoints.load_params(path, abstract)
+    assert params_io.detect_checkpoint_format(path)[0] == (
+        params_io.ORBAX_TRAIN_STATE if path == ours_dir else params_io.HF_SAFETENSORS)
+    loaded = params_io.load_params(path, abstract)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
       np.testing.assert_array_equal(np.asarray(a), b)
 
@@ -285,7 +288,7 @@ def test_mismatched_model_lists_every_problem(hf_checkpoint):
             "decoder_target_tokens": (2, 8)}
   abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init_params(jax.random.key(0), shapes)))
   with pytest.raises(ValueError) as err:
-    checkpoints.load_params(directory, abstract)
+    params_io.load_params(directory, abstract)
   message = str(err.value)
   assert "unexpected in checkpoint: decoder/layers_2/" in message
   if variant == "v1_0":
@@ -358,7 +361,7 @@ def test_trained_checkpoint_exports_to_transformers(overrides, tmp_path):
   params = jax.tree.map(lambda x: 0.2 * rng.standard_normal(x.shape, np.float32), abstract)
   state = TrainState(step=jax.numpy.int32(3), params=params,
                      opt_state=optax.adafactor(1e-3).init(params))
-  with checkpoints.Checkpointer(str(tmp_path / "run"), save_period=1, async_save=False) as ckpt:
+  with run_checkpointer.Checkpointer(str(tmp_path / "run"), save_period=1, async_save=False) as ckpt:
     ckpt.save(3, state)
   convert.convert_to_hf(str(tmp_path / "run"), str(tmp_path / "hf"), config=model.module.config)
   reloaded = transformers.T5ForConditionalGeneration.from_pretrained(

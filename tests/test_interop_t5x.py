@@ -19,9 +19,10 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
-from instruct_jax.interop import convert
-from instruct_jax.interop import t5x
-from instruct_jax.train import checkpoints
+from instruct_jax.checkpoints import conversion as convert
+from instruct_jax.checkpoints import t5x
+from instruct_jax.checkpoints import adafactor_carry_over
+from instruct_jax.checkpoints import params_io
 from instruct_jax.train import optimizers
 from instruct_jax.train import partitioning
 from instruct_jax.train import trainer as trainer_lib
@@ -114,7 +115,7 @@ def test_legacy_checkpoint_loads_sharded_and_reproduces_logits(tmp_path):
   assert not os.path.exists(step_dir / "target.decoder.decoder_norm.scale")  # inline
 
   trainer = _trainer(model)  # What INITIAL_CHECKPOINT_PATH goes through in trainer.train.
-  loaded = checkpoints.load_params(str(step_dir), trainer.abstract_params)
+  loaded = params_io.load_params(str(step_dir), trainer.abstract_params)
   expected = jax.tree.map(lambda x: np.asarray(x, np.float32), written)
   for got, want, struct in zip(jax.tree.leaves(loaded), jax.tree.leaves(expected),
                                jax.tree.leaves(trainer.abstract_params)):
@@ -136,11 +137,11 @@ def test_format_detection(tmp_path):
   write_legacy_t5x_checkpoint(str(run / "checkpoint_10"), params, step=10)
   write_legacy_t5x_checkpoint(str(run / "checkpoint_20"), params, step=20)
   (run / "checkpoint_30.tmp-1700000000").mkdir()  # an unfinished t5x save
-  detect = checkpoints.detect_checkpoint_format
-  assert detect(str(run)) == (checkpoints.T5X_LEGACY, run / "checkpoint_20")
-  assert detect(str(run / "checkpoint_10")) == (checkpoints.T5X_LEGACY, run / "checkpoint_10")
+  detect = params_io.detect_checkpoint_format
+  assert detect(str(run)) == (params_io.T5X_LEGACY, run / "checkpoint_20")
+  assert detect(str(run / "checkpoint_10")) == (params_io.T5X_LEGACY, run / "checkpoint_10")
   assert detect(str(run / "checkpoint_10" / "checkpoint")) == (
-      checkpoints.T5X_LEGACY, run / "checkpoint_10")
+      params_io.T5X_LEGACY, run / "checkpoint_10")
   assert t5x.LegacyCheckpoint(str(run / "checkpoint_20")).step == 20
 
 
@@ -153,7 +154,7 @@ def test_pre_version_3_bfloat16_stored_as_uint16(tmp_path):
                   open=True).result()
   assert store.dtype.numpy_dtype == np.uint16
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, np.float32), params)
-  loaded = checkpoints.load_params(str(tmp_path / "checkpoint_5"), abstract)
+  loaded = params_io.load_params(str(tmp_path / "checkpoint_5"), abstract)
   np.testing.assert_array_equal(np.asarray(loaded["token_embedder"]["embedding"]),
                                 written["token_embedder"]["embedding"].astype(np.float32))
 
@@ -166,9 +167,9 @@ def test_mismatch_lists_missing_unexpected_and_wrong_shapes(tmp_path):
   abstract = nn.meta.unbox(jax.eval_shape(
       lambda: other.init_params(jax.random.key(0), factories.input_shapes(BATCH))))
   with pytest.raises(ValueError) as err:
-    checkpoints.load_params(str(tmp_path / "checkpoint_1"), abstract)
+    params_io.load_params(str(tmp_path / "checkpoint_1"), abstract)
   message = str(err.value)
-  assert checkpoints.T5X_LEGACY in message
+  assert params_io.T5X_LEGACY in message
   assert "missing from checkpoint: encoder/layers_0/mlp/wi/kernel" in message
   assert "unexpected in checkpoint: decoder/layers_1/mlp/wo/kernel" in message
   assert ("wrong shape: token_embedder/embedding: checkpoint has (384, 64), expected (512, 64)"
@@ -202,7 +203,7 @@ def test_adafactor_statistics_carry_over(tmp_path):
   write_legacy_t5x_checkpoint(str(tmp_path / "checkpoint_1000"), params,
                               param_states=param_states, step=1000)
 
-  new_opt_state, report = checkpoints.load_adafactor_state(
+  new_opt_state, report = adafactor_carry_over.load_adafactor_state(
       str(tmp_path / "checkpoint_1000"), state.opt_state)
   factored = optimizers.factored_state(new_opt_state)
   assert int(factored.count) == 1000 and report.step == 1000
@@ -239,14 +240,14 @@ def test_t5x_orbax_checkpoint(tmp_path):
                                       "param_states": param_states}}
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as writer:
     writer.save(step_dir, args=ocp.args.Composite(state=ocp.args.StandardSave(tree)))
-  assert checkpoints.detect_checkpoint_format(str(tmp_path / "run")) == (
-      checkpoints.T5X_ORBAX, step_dir / "state")
+  assert params_io.detect_checkpoint_format(str(tmp_path / "run")) == (
+      params_io.T5X_ORBAX, step_dir / "state")
 
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-  loaded = checkpoints.load_params(str(step_dir), abstract)
+  loaded = params_io.load_params(str(step_dir), abstract)
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), loaded, params)
 
-  new_state, report = checkpoints.load_adafactor_state(str(step_dir), opt_state)
+  new_state, report = adafactor_carry_over.load_adafactor_state(str(step_dir), opt_state)
   assert report.step == 7 and not report.skipped
   np.testing.assert_array_equal(
       np.asarray(optimizers.factored_state(new_state).v_col["token_embedder"]["embedding"]),
@@ -255,9 +256,9 @@ def test_t5x_orbax_checkpoint(tmp_path):
 
 def test_adafactor_carry_over_needs_a_t5x_checkpoint(tmp_path):
   _, params = _model_and_params()
-  checkpoints.save_params(str(tmp_path / "ours"), params)
+  params_io.save_params(str(tmp_path / "ours"), params)
   with pytest.raises(ValueError, match="resume it from its MODEL_DIR"):
-    checkpoints.load_adafactor_state(str(tmp_path / "ours"), optax.adafactor(1e-3).init(params))
+    adafactor_carry_over.load_adafactor_state(str(tmp_path / "ours"), optax.adafactor(1e-3).init(params))
 
 
 def test_convert_from_t5x_writes_our_checkpoint_and_gin(tmp_path):
@@ -267,8 +268,8 @@ def test_convert_from_t5x_writes_our_checkpoint_and_gin(tmp_path):
   assert config == factories.tiny_t5_config(dtype="bfloat16")
   gin_text = (tmp_path / "ours" / convert.MODEL_GIN_FILE).read_text()
   assert "mlp_activations = ('gelu', 'linear')" in gin_text
-  fmt, read = checkpoints.read_params(str(tmp_path / "ours"))
-  assert fmt == checkpoints.ORBAX_TRAIN_STATE
+  fmt, read = params_io.read_params(str(tmp_path / "ours"))
+  assert fmt == params_io.ORBAX_TRAIN_STATE
   jax.tree.map(np.testing.assert_array_equal, read, params)
 
 

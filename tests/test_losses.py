@@ -1,4 +1,4 @@
-"""Tests for instruct_jax.train.losses, with values checked by hand."""
+"""Tests for instruct_jax.models.losses, with values checked by hand."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instruct_jax.train import losses
+from instruct_jax.models import losses
 
 
 def _log_softmax(x):

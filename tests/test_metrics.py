@@ -6,7 +6,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from instruct_jax import metrics
+from instruct_jax.eval import metrics
 from instruct_jax.data import templates
 from tasks_registry import registration
 

@@ -14,10 +14,12 @@ import seqio
 import tensorflow as tf
 
 import gin_configs
-from instruct_jax.models import decoder
-from instruct_jax.models import layers
-from instruct_jax.models import model as models
-from instruct_jax.models import t5
+from instruct_jax.models import api
+from instruct_jax.models import decoder_only
+from instruct_jax.models import encoder_decoder
+from instruct_jax.models.networks import decoder
+from instruct_jax.models.networks import layers
+from instruct_jax.models.networks import t5
 
 VOCAB = 384
 ALLOWED_AXES = {"batch", "length", "embed", "mlp", "heads", "kv", "joined_kv", "vocab",
@@ -34,14 +36,15 @@ def _flat_shapes(params):
 
 
 def _t5_model(**overrides):
-  return models.EncoderDecoderModel(t5.Transformer(t5.T5Config(**{**TINY_T5, **overrides})),
-                                    seqio.ByteVocabulary(), seqio.ByteVocabulary())
+  return encoder_decoder.EncoderDecoderModel(
+      t5.Transformer(t5.T5Config(**{**TINY_T5, **overrides})), seqio.ByteVocabulary(),
+      seqio.ByteVocabulary())
 
 
 def _decoder_model(prefix=False, **overrides):
   module = decoder.DecoderOnly(decoder.DecoderConfig(**{**TINY_DECODER, **overrides}))
-  return models.DecoderOnlyModel(module, seqio.ByteVocabulary(),
-                                 inputs_bidirectional_attention=prefix)
+  return decoder_only.DecoderOnlyModel(module, seqio.ByteVocabulary(),
+                                       inputs_bidirectional_attention=prefix)
 
 
 def _shift_right(targets):
@@ -427,10 +430,45 @@ def test_loss_normalizing_factor_and_override(t5_setup):
   model = _t5_model()
   model.loss_normalizing_factor = "NUM_REAL_TARGET_TOKENS"
   loss, metrics = model.loss_fn(params, batch, None)
-  plain, plain_metrics = model.loss_fn(params, batch, None, loss_normalizing_factor=None)
+  plain, plain_metrics = model.loss_fn(params, batch, None,
+                                       model.loss_weights(batch, normalize=False))
   assert float(loss) == pytest.approx(float(plain) / 10, rel=1e-5)
   # Metric token counts never depend on the normalisation.
   assert float(metrics["num_tokens"]) == float(plain_metrics["num_tokens"]) == 10
+
+
+@pytest.mark.parametrize("factor", [None, 7.0, "NUM_REAL_TARGET_TOKENS",
+                                    "NUM_TOTAL_TARGET_TOKENS", "AVERAGE_PER_SEQUENCE"])
+def test_sliced_loss_weights_add_up_to_the_whole_batch(t5_setup, factor):
+  """The microbatching contract: whole-batch weights, sliced with the batch, sum exactly."""
+  _, params, _ = t5_setup
+  model = _t5_model()
+  model.loss_normalizing_factor = factor
+  batch = _encdec_batch(seed=1, batch=4)
+  batch["decoder_loss_weights"][2] = 0  # a row without weighted tokens
+  weights = model.loss_weights(batch)
+  assert isinstance(weights, api.LossWeights)
+  value_and_grad = _jit(jax.value_and_grad(model.loss_fn, has_aux=True))
+  (loss, metrics), grads = value_and_grad(params, batch, None, weights)
+  (default_loss, _), _ = value_and_grad(params, batch, None)
+  assert float(default_loss) == pytest.approx(float(loss), rel=1e-6)
+  halves = [jax.tree.map(lambda x, rows=rows: x[rows], (batch, weights))
+            for rows in (slice(0, 2), slice(2, 4))]
+  parts = [value_and_grad(params, b, None, w) for b, w in halves]
+  np.testing.assert_allclose(sum(p[0][0] for p in parts), loss, rtol=1e-5)
+  for name in metrics:
+    np.testing.assert_allclose(sum(p[0][1][name] for p in parts), metrics[name], rtol=1e-5,
+                               atol=1e-6)
+  jax.tree.map(lambda a, b, g: np.testing.assert_allclose(a + b, g, rtol=1e-4, atol=1e-7),
+               parts[0][1], parts[1][1], grads)
+  # Raw weights sum the token losses whatever the factor (evaluation's numbers).
+  summed, summed_metrics = model.loss_fn(params, batch, None,
+                                         model.loss_weights(batch, normalize=False))
+  plain = _t5_model().loss_fn(params, batch, None)[0]
+  assert float(summed) == pytest.approx(float(plain), rel=1e-6)
+  assert float(summed_metrics["num_tokens"]) == float(metrics["num_tokens"]) == np.sum(
+      batch["decoder_loss_weights"] > 0)
+  assert float(metrics["num_examples"]) == 3
 
 
 def test_dropout_needs_rng_and_changes_loss(t5_setup):
@@ -563,7 +601,7 @@ def test_model_gin_parses(gin_file):
       assert model.input_vocabulary.vocab_size <= VOCAB
       optimizer = macros["OPTIMIZER"].scoped_configurable_fn()
       assert hasattr(optimizer, "update")
-      if isinstance(model, models.EncoderDecoderModel):
+      if isinstance(model, encoder_decoder.EncoderDecoderModel):
         shapes = _input_shapes(_encdec_batch())
       else:
         shapes = {"decoder_input_tokens": (2, 8), "decoder_target_tokens": (2, 8)}

@@ -8,7 +8,8 @@ import seqio
 
 import cot_data
 from instruct_jax import cli
-from instruct_jax import selection
+from instruct_jax.eval import selection
+from instruct_jax.eval.reports import selection as selection_report
 from instruct_jax.errors import UsageError
 from tasks_registry import cot as cot_tasks
 from tasks_registry import registration
@@ -40,7 +41,8 @@ def test_reports_mark_the_chosen_step(tmp_path):
   metrics = {10: {"cot_eval_svamp": {"accuracy": 20.0}, "cot_eval_asdiv": {"accuracy": 30.0}},
              20: {"cot_eval_svamp": {"accuracy": 40.0}, "cot_eval_asdiv": {"accuracy": 10.0}}}
   means = {10: 25.0, 20: 25.0}
-  paths = selection.write_selection(str(tmp_path), "mix", metrics, means, 10, "/run/ckpt_10")
+  paths = selection_report.render_report("mix", metrics, means, 10, "/run/ckpt_10").write(
+      str(tmp_path))
   table = open(paths["markdown"]).read()
   assert "| 10 **(chosen)** | 25.00 | 30.00 | 20.00 |" in table
   assert json.load(open(paths["json"]))["best_step"] == 10

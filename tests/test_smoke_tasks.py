@@ -6,6 +6,8 @@ import pytest
 import seqio
 
 import tasks_registry
+from instruct_jax.data import templates
+from instruct_jax.eval import metrics
 from tasks_registry import smoke
 
 ALL_TASKS = smoke.task_names()
@@ -66,7 +68,7 @@ def test_answers_are_correct_on_a_few_examples():
 @pytest.mark.parametrize("name", OPTION_TASKS)
 def test_options_block_renders_and_target_is_an_option(name):
   for ex in smoke.generate_examples(name, "validation"):
-    assert ex.inputs.endswith("\n" + smoke.render_options(ex.options))
+    assert ex.inputs.endswith("\n" + templates.render_options(ex.options))
     assert "\nOPTIONS:\n- " in ex.inputs
     assert ex.targets in ex.options
   tf_ex = _first_examples(name, "validation", n=1)[0]
@@ -107,12 +109,12 @@ def test_mixture_yields_examples():
   assert all(ex["inputs"].size and ex["targets"].size for ex in examples)
 
 
-def test_exact_match_metric():
-  assert smoke.exact_match(["odd", "7"], ["odd", "8"]) == {"accuracy": 50.0}
-  assert smoke.exact_match([b"odd"], [" odd"]) == {"accuracy": 100.0}
+def test_smoke_tasks_score_exact_matches():
+  assert seqio.get_mixture_or_task("smoke_parity").metric_fns == [metrics.accuracy]
+  assert metrics.accuracy(["odd", "7"], ["odd", "8"]) == {"accuracy": 50.0}
+  assert metrics.accuracy([b"odd"], [" odd"]) == {"accuracy": 100.0}
   with pytest.raises(ValueError, match="pair up"):
-    smoke.exact_match(["a"], [])
-  assert seqio.get_mixture_or_task("smoke_parity").metric_fns == [smoke.exact_match]
+    metrics.accuracy(["a"], [])
 
 
 def test_importing_or_reloading_twice_does_not_crash():

@@ -17,9 +17,12 @@ import seqio
 import tensorflow_datasets as tfds
 
 from instruct_jax import cli
-from instruct_jax import sweep
+from instruct_jax.checkpoints import layout
+from instruct_jax.cli import gin_setup
+from instruct_jax.experiments import holdout_sweep as sweep
 from tasks_registry import flan
 from tasks_registry import registration
+from tasks_registry.flan.holdout_sweep import RECIPE
 
 PREFIX = "sweeptest_"
 
@@ -100,9 +103,9 @@ def test_dry_run_commands_parse_as_gin(tmp_path, monkeypatch, capsys):
   train_argv, eval_argv = (shlex.split(l)[1:] for l in lines)
   for argv in (train_argv, eval_argv):
     gin.clear_config()
-    rest, bindings = cli.split_gin_bindings(argv)
+    rest, bindings = gin_setup.split_gin_bindings(argv)
     files = [a.split("=", 1)[1] for a in rest if a.startswith("--gin_file=")]
-    cli.parse_gin(files, bindings)
+    gin_setup.parse_gin(files, bindings)
     assert gin.query_parameter("%TRAIN_STEPS") == 7
     if argv[0] == "train":
       assert gin.query_parameter("%MODEL_DIR") == str(tmp_path / "holdout_sentiment")
@@ -117,17 +120,17 @@ def test_dry_run_commands_parse_as_gin(tmp_path, monkeypatch, capsys):
 def test_task_prefix_targets_the_registered_copy(tmp_path):
   flan.register(vocabulary=seqio.ByteVocabulary(), prefix=PREFIX)
   try:
-    config = sweep.SweepConfig(str(tmp_path), clusters=("misc",), task_prefix=PREFIX,
+    config = sweep.SweepConfig(str(tmp_path), RECIPE, clusters=("misc",), task_prefix=PREFIX,
                                gin_files=("runs/sweep_smoke.gin",))
     (run,) = sweep.plan(config)
-    sweep.check_mixtures_registered([run], None)
+    sweep.check_mixtures_registered([run], seqio.MixtureRegistry.names())
   finally:
     registration.remove_with_prefix(PREFIX)
   assert _flag_value(run.train_argv, "MIXTURE_OR_TASK_NAME") == f"{PREFIX}holdout_misc_train"
   assert _flag_value(run.eval_argv, "MIXTURE_OR_TASK_NAME") == f"{PREFIX}holdout_misc_eval"
   assert _flag_value(run.eval_argv, "CLUSTER_PREFIX") == PREFIX
   with pytest.raises(sweep.UsageError, match="not registered"):
-    sweep.check_mixtures_registered([run], None)
+    sweep.check_mixtures_registered([run], seqio.MixtureRegistry.names())
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -173,10 +176,11 @@ class FakeLauncher:
       if cluster in self.failing:
         raise sweep.StepFailedError("exit status 1: Out of memory (fake)")
       # What a real run leaves behind; a preempted one stops early but exits 0.
-      os.makedirs(os.path.join(model_dir, "checkpoint_4" if cluster in self.preempted
-                               else "checkpoint_10"), exist_ok=True)
-      with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write("TRAIN_STEPS = 10\ntrainer.train.total_steps = %TRAIN_STEPS\n")
+      step = 4 if cluster in self.preempted else 10
+      os.makedirs(os.path.join(model_dir, f"checkpoint_{step}"), exist_ok=True)
+      layout.write_run_status(model_dir, layout.RunStatus(
+          total_steps=10, last_step=step, status="stopped" if step < 10 else "finished",
+          time=0.0))
       return
     results = os.path.join(_flag_value(argv, "EVAL_OUTPUT_DIR"), "inference_eval")
     os.makedirs(results, exist_ok=True)
@@ -188,7 +192,7 @@ class FakeLauncher:
 
 
 def test_a_failed_cluster_is_reported_and_the_rerun_retries_only_it(tmp_path):
-  config = sweep.SweepConfig(str(tmp_path), clusters=("nli", "coreference"),
+  config = sweep.SweepConfig(str(tmp_path), RECIPE, clusters=("nli", "coreference"),
                              gin_files=("models/t5_1_1/tiny.gin",))
   launcher = FakeLauncher(failing={"nli"})
   messages = []
@@ -221,7 +225,7 @@ def test_a_failed_cluster_is_reported_and_the_rerun_retries_only_it(tmp_path):
 
 
 def test_a_preempted_training_stops_the_sweep_before_its_eval(tmp_path):
-  config = sweep.SweepConfig(str(tmp_path), clusters=("sentiment", "nli"))
+  config = sweep.SweepConfig(str(tmp_path), RECIPE, clusters=("sentiment", "nli"))
   launcher = FakeLauncher(preempted={"sentiment"})
   with pytest.raises(sweep.SweepInterruptedError, match="stopped at step 4 of 10"):
     sweep.run_sweep(config, launcher, say=lambda message: None)
@@ -229,7 +233,7 @@ def test_a_preempted_training_stops_the_sweep_before_its_eval(tmp_path):
 
 
 def test_sigterm_during_a_run_lets_it_finish_then_stops_the_sweep(tmp_path):
-  config = sweep.SweepConfig(str(tmp_path), clusters=("sentiment", "nli"))
+  config = sweep.SweepConfig(str(tmp_path), RECIPE, clusters=("sentiment", "nli"))
   fake = FakeLauncher()
 
   def launcher(argv):

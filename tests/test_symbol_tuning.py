@@ -15,7 +15,7 @@ import seqio
 import tensorflow_datasets as tfds
 
 import tasks_registry  # noqa: F401  (smoke tasks: the instruction side of test mixtures)
-from instruct_jax import symbol_eval
+from instruct_jax.eval import symbol_suites as symbol_eval
 from instruct_jax.data import in_context
 from instruct_jax.data import pipeline
 from instruct_jax.data import symbols

@@ -1,6 +1,7 @@
 """The training loop through its Python API: resume exactness, microbatches, NaN handling."""
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 import tasks_registry  # noqa: F401  (registers the smoke tasks)
 from instruct_jax.data import pipeline
-from instruct_jax.train import checkpoints
+from instruct_jax.checkpoints import layout
+from instruct_jax.checkpoints import run_checkpointer
 from instruct_jax.train import partitioning
 from instruct_jax.train import trainer as trainer_lib
 import factories
@@ -79,7 +81,7 @@ def test_non_finite_loss_stops_without_saving_nan(tmp_path):
   exploding = optax.sgd(1e35)
   with pytest.raises(trainer_lib.NonFiniteLossError, match=r"at step \d+"):
     _train(tmp_path, total_steps=20, optimizer=exploding, save_period=1)
-  checkpointer = checkpoints.Checkpointer(str(tmp_path), save_period=1)
+  checkpointer = run_checkpointer.Checkpointer(str(tmp_path), save_period=1)
   for step in checkpointer.all_steps():
     trainer = trainer_lib.Trainer(factories.tiny_t5(dropout_rate=0.1), exploding,
                                   partitioning.Partitioner(parameter_partitioning_dims=2),
@@ -89,7 +91,37 @@ def test_non_finite_loss_stops_without_saving_nan(tmp_path):
     state = checkpointer.restore(trainer.abstract_state, step=step)
     for leaf in jax.tree.leaves(jax.device_get(state.params)):
       assert np.all(np.isfinite(leaf)), f"checkpoint_{step} holds non-finite params"
+  saved = checkpointer.all_steps()
   checkpointer.close()
+  status = layout.read_run_status(str(tmp_path))
+  assert status.status == layout.FAILED and not status.finished
+  assert status.total_steps == 20 and status.last_step == max(saved, default=0)
+  assert status.error.startswith("NonFiniteLossError: Non-finite") and "\n" not in status.error
+
+
+def test_run_status_running_then_stopped_then_finished(tmp_path):
+  seen = []
+
+  def sigterm_at_step_2(trainer, params, step):
+    del trainer, params
+    seen.append(layout.read_run_status(str(tmp_path)))
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # as a preemption would
+    return {}
+
+  _train(tmp_path, total_steps=4, eval_period=1, infer_eval_fn=sigterm_at_step_2)
+  assert [(s.status, s.last_step, s.total_steps) for s in seen] == [
+      (layout.RUNNING, 0, 4), (layout.RUNNING, 0, 4)]
+  stopped = layout.read_run_status(str(tmp_path))
+  assert (stopped.status, stopped.last_step, stopped.error) == (layout.STOPPED, 2, None)
+  assert [n for n, _ in layout.checkpoint_dirs(str(tmp_path))] == [2]
+
+  seen.clear()
+  _train(tmp_path, total_steps=4, eval_period=1, infer_eval_fn=sigterm_at_step_2)
+  assert [(s.status, s.last_step) for s in seen] == [(layout.RUNNING, 2)] * 2
+  finished = layout.read_run_status(str(tmp_path))
+  assert (finished.status, finished.last_step, finished.total_steps) == (layout.FINISHED, 4, 4)
+  assert finished.finished and finished.error is None
 
 
 def test_unknown_task_fails_before_training(tmp_path):

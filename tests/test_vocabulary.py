@@ -17,9 +17,9 @@ import sentencepiece
 import tensorflow as tf
 import wordfreq
 
-from instruct_jax import cli
+from instruct_jax.cli import gin_setup
 from instruct_jax.data import pipeline
-from instruct_jax.interop import convert
+from instruct_jax.checkpoints import conversion as convert
 
 PUBLIC_T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 PIECES = 256
@@ -55,12 +55,8 @@ def clean_gin():
 def _model_from_gin(gin_text, tmp_path, bindings=()):
   gin_file = tmp_path / "model.gin"
   gin_file.write_text(gin_text)
-  cli.parse_gin([str(gin_file)], list(bindings))
-  with gin.unlock_config():
-    gin.parse_config(["from __gin__ import dynamic_registration",
-                      "from instruct_jax.interop import convert",
-                      "convert.gin_model.model = %MODEL"])
-  return gin.get_configurable(convert.gin_model)()
+  gin_setup.parse_gin([str(gin_file)], list(bindings))
+  return gin_setup.build_macro("MODEL", "a model gin")
 
 
 def _tiny_gin(vocabulary_path):

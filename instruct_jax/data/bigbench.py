@@ -42,7 +42,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from instruct_jax import metrics
+from instruct_jax.eval import metrics
 from instruct_jax.data import templates
 
 SPLITS = ("all", "train", "validation")

@@ -14,7 +14,7 @@ Formats follow FLAN:
   prompt fits a budget measured in vocabulary tokens;
 - rank classification: one row per option (same inputs, the option as targets)
   carrying `example_id`, `option_index` and `is_correct`, so a scorer can pick
-  the most likely option per example (see instruct_jax.metrics).
+  the most likely option per example (see instruct_jax.eval.metrics).
 """
 from __future__ import annotations
 

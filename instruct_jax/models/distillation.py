@@ -24,7 +24,7 @@ teacher features are then dropped by seqio's plain converter).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,12 +33,8 @@ import seqio
 import tensorflow as tf
 
 from instruct_jax.errors import UsageError
-from instruct_jax.models import model as models
-from instruct_jax.train import losses
-
-# The base model's sentinel for "use the model's own loss_normalizing_factor" and its
-# example counter, shared so both models report identical metrics.
-_MODEL_FACTOR = models._MODEL_FACTOR  # pylint: disable=protected-access
+from instruct_jax.models import encoder_decoder
+from instruct_jax.models import losses
 
 TEACHER_INDICES = "teacher_indices"
 TEACHER_PROBS = "teacher_probs"
@@ -104,8 +100,12 @@ class DistillationFeatureConverter(seqio.EncDecFeatureConverter):
     return model_lengths
 
 
-class DistillationModel(models.EncoderDecoderModel):
-  """An EncoderDecoderModel whose loss can match a teacher's sparse distributions."""
+class DistillationModel(encoder_decoder.EncoderDecoderModel):
+  """An EncoderDecoderModel whose loss can match a teacher's sparse distributions.
+
+  Only the per-token objective differs (`_token_losses`); loss weights,
+  normalisation and metrics are the model API's, so both report alike.
+  """
 
   FEATURE_CONVERTER_CLS = DistillationFeatureConverter
 
@@ -130,28 +130,19 @@ class DistillationModel(models.EncoderDecoderModel):
     shapes = {k: v for k, v in input_shapes.items() if k not in _SPARSE_SPECS}
     return super().init_params(rng, shapes)
 
-  def loss_fn(self, params: Any, batch: Mapping[str, jax.Array],
-              dropout_rng: Optional[jax.Array],
-              loss_normalizing_factor: Any = _MODEL_FACTOR
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def _token_losses(self, logits: jax.Array, batch: Mapping[str, jax.Array],
+                    weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """KL(teacher || student) + z-loss under distribution matching, else the NLL loss."""
     if self.objective == SAMPLE_MATCHING:
-      return super().loss_fn(params, batch, dropout_rng, loss_normalizing_factor)
+      return super()._token_losses(logits, batch, weights)
     if TEACHER_INDICES not in batch or TEACHER_PROBS not in batch:
       raise ValueError(
           "Distribution matching needs batch features 'teacher_indices' and 'teacher_probs' "
           f"[batch, length, k]; got {sorted(batch)}. Train on teacher tasks "
           "(tasks_registry.cot.register_teacher_tasks) with model.feature_converter(False), "
           "or use objective='sample_matching'.")
-    if loss_normalizing_factor is _MODEL_FACTOR:
-      loss_normalizing_factor = self.loss_normalizing_factor
-    logits = self._logits(params, batch, dropout_rng)
-    factor, weights = losses.loss_normalizing_factor_and_weights(loss_normalizing_factor, batch)
     kl, _ = losses.distillation_kl(logits, batch[TEACHER_INDICES], batch[TEACHER_PROBS],
                                    weights)
     log_z = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
     z_loss = self.z_loss * jnp.sum(jnp.square(log_z) * weights)
-    loss = kl + z_loss
-    if factor is not None:
-      loss, z_loss = loss / factor, z_loss / factor
-    return loss, models.loss_metrics(logits, batch, loss, z_loss)
+    return kl + z_loss, z_loss

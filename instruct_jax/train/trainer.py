@@ -6,6 +6,7 @@ that wires data, checkpoints and metrics around it.
 """
 import dataclasses
 import importlib
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import logging
@@ -19,10 +20,13 @@ import seqio
 from instruct_jax import stop_signals
 from instruct_jax.data import pipeline
 from instruct_jax.errors import ActionableError
-from instruct_jax.train import checkpoints
-from instruct_jax.train import losses
+from instruct_jax.checkpoints import adafactor_carry_over
+from instruct_jax.checkpoints import layout
+from instruct_jax.checkpoints import params_io
+from instruct_jax.checkpoints import run_checkpointer
+from instruct_jax.models import api
 from instruct_jax.train import partitioning
-from instruct_jax.train import reporting
+from instruct_jax.train import metrics_writer
 from instruct_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -43,7 +47,7 @@ class Trainer:
   """Compiled, sharded train and eval steps for one model, optimizer and mesh."""
 
   def __init__(self,
-               model: Any,
+               model: api.Model,
                optimizer: optax.GradientTransformation,
                partitioner: partitioning.Partitioner,
                input_shapes: Mapping[str, Sequence[int]],
@@ -144,42 +148,40 @@ class Trainer:
   def _accumulate_gradients(self, params, batch, rng):
     """Gradients of the whole batch, summed over microbatches in float32.
 
-    The batch's loss normalisation is applied to the loss weights up front,
-    so microbatch losses are plain weighted sums and their gradients add up
-    to exactly the full-batch gradient whatever the normalisation mode.
+    The loss weights (normalisation folded in) are computed once on the whole
+    batch and sliced with it, so microbatch losses are plain weighted sums and
+    their gradients add up to exactly the full-batch gradient whatever the
+    normalisation mode.
     """
     grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+    weights = self.model.loss_weights(batch)
     if self.num_microbatches == 1:
-      (_, metrics), grads = grad_fn(params, batch, rng)
+      (_, metrics), grads = grad_fn(params, batch, rng, weights)
       return grads, metrics
 
-    batch = dict(batch)
-    factor, weights = losses.loss_normalizing_factor_and_weights(
-        self.model.loss_normalizing_factor, batch)
-    batch["decoder_loss_weights"] = weights if factor is None else weights / factor
-    batch["decoder_token_counts"] = (weights > 0).astype(jnp.float32)
     k = self.num_microbatches
     # Microbatch j takes rows j, j+k, j+2k, ... so each one stays spread over every
     # data-parallel device instead of living on a slice of them.
     stacked = jax.tree.map(
-        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1), batch)
+        lambda x: jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1),
+        (dict(batch), weights))
     stacked = jax.lax.with_sharding_constraint(
         stacked, jax.sharding.NamedSharding(self.partitioner.mesh,
                                             jax.sharding.PartitionSpec(None, "data")))
 
     def body(carry, xs):
       grads_acc, metrics_acc = carry
-      micro, index = xs
+      (micro, micro_weights), index = xs
       (_, metrics), grads = grad_fn(params, micro, jax.random.fold_in(rng, index),
-                                    loss_normalizing_factor=1.0)
+                                    micro_weights)
       grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads)
       metrics_acc = jax.tree.map(jnp.add, metrics_acc, metrics)
       return (grads_acc, metrics_acc), None
 
     zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    first_batch, first_weights = jax.tree.map(lambda x: x[0], stacked)
     metrics_shape = jax.eval_shape(
-        lambda: self.model.loss_fn(params, jax.tree.map(lambda x: x[0], stacked), rng,
-                                   loss_normalizing_factor=1.0)[1])
+        lambda: self.model.loss_fn(params, first_batch, rng, first_weights)[1])
     zero_metrics = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape)
     (grads, metrics), _ = jax.lax.scan(body, (zero_grads, zero_metrics),
                                        (stacked, jnp.arange(k)))
@@ -187,7 +189,8 @@ class Trainer:
     return grads, metrics
 
   def _eval_step(self, params, batch):
-    _, metrics = self.model.loss_fn(params, batch, None, loss_normalizing_factor=1.0)
+    weights = self.model.loss_weights(batch, normalize=False)  # summed losses, as reported
+    _, metrics = self.model.loss_fn(params, batch, None, weights)
     return metrics
 
 
@@ -218,6 +221,40 @@ def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
         f"Non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}. "
         f"Training stopped and this state was not saved; the last good checkpoint is "
         f"kept. Try a lower learning rate, float32 activations, or check the data.")
+
+
+def tokens_per_step(input_shapes: Mapping[str, Sequence[int]]) -> int:
+  """Input plus target token positions in one global batch (padding included).
+
+  The tokens/s of training's timing and of `instruct-jax bench`, so both count alike.
+  """
+  return int(sum(np.prod(shape) for name, shape in input_shapes.items()
+                 if name in ("encoder_input_tokens", "decoder_target_tokens")))
+
+
+def _record_run_status(model_dir: str, total_steps: int, last_step: int, status: str,
+                       error: Optional[str] = None) -> None:
+  """Writes MODEL_DIR/run.json from process 0 only, so there is one writer."""
+  if jax.process_index() == 0:
+    layout.write_run_status(model_dir, layout.RunStatus(
+        total_steps=int(total_steps), last_step=int(last_step), status=status,
+        time=time.time(), error=error))
+
+
+def _record_failure(model_dir: str, total_steps: int, error: BaseException) -> None:
+  """run.json "failed", at the newest finished checkpoint (where a rerun resumes).
+
+  Never raises: a failure to record must not hide the error that ended the run.
+  """
+  if jax.process_index() != 0:
+    return
+  text = str(error).strip()
+  line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+  try:
+    saved = max((n for n, _ in layout.checkpoint_dirs(model_dir)), default=0)
+    _record_run_status(model_dir, total_steps, saved, layout.FAILED, error=line)
+  except Exception:  # pylint: disable=broad-except
+    logging.exception("Could not record the failure in %s.", layout.RUN_STATUS_FILE)
 
 
 def run_train_eval(trainer: Trainer, params: Any, dataset_cfg: pipeline.DatasetConfig,
@@ -268,6 +305,9 @@ def train(*,
   INITIAL_CHECKPOINT_PATH also seeds Adafactor's second moments. Every `eval_period` steps it runs teacher-forced
   eval on `train_eval_dataset_cfg` and calls `infer_eval_fn(trainer, params, step)`
   (decoding / scoring evaluation), logging the scalars each returns.
+  MODEL_DIR/run.json (checkpoints.layout.RunStatus) says "running" from the
+  restore on, then "finished", "stopped" (SIGTERM / SIGINT) or "failed", so
+  tools need not guess a run's outcome from its checkpoints and logs.
   """
   for cfg in (train_dataset_cfg, train_eval_dataset_cfg):
     if cfg is not None and cfg.module:
@@ -285,71 +325,76 @@ def train(*,
                                  feature_converter)
   data_iterator = pipeline.GlobalBatchIterator(dataset, partitioner.batch_sharding,
                                                global_batch_size=train_dataset_cfg.batch_size)
-  checkpointer = checkpoints.Checkpointer(model_dir, checkpoint_cfg.save_period,
+  checkpointer = run_checkpointer.Checkpointer(model_dir, checkpoint_cfg.save_period,
                                           keep=checkpoint_cfg.keep,
                                           async_save=checkpoint_cfg.async_save)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(trainer.abstract_state, data_iterator=data_iterator)
     logging.info("Resumed from %s at step %d.", model_dir, int(state.step))
   elif initial_checkpoint_path:
-    params = checkpoints.load_params(initial_checkpoint_path, trainer.abstract_params)
+    params = params_io.load_params(initial_checkpoint_path, trainer.abstract_params)
     state = trainer.state_from_params(params)
     logging.info("Fine-tuning from params in %s.", initial_checkpoint_path)
     if carry_adafactor_state:
-      opt_state, report = checkpoints.load_adafactor_state(initial_checkpoint_path,
-                                                           state.opt_state)
+      opt_state, _ = adafactor_carry_over.load_adafactor_state(initial_checkpoint_path,
+                                                               state.opt_state)
       state = state.replace(opt_state=opt_state)
-      logging.info("%s", report.summary())
   else:
     state = trainer.init_state(random_seed)
 
   eval_feature_converter = model.feature_converter(pack=False)
-  reporter = reporting.MetricsReporter(model_dir, total_steps)
-  tokens_per_step = int(sum(np.prod(s) for k, s in input_shapes.items()
-                            if k in ("encoder_input_tokens", "decoder_target_tokens")))
+  reporter = metrics_writer.MetricsReporter(model_dir, total_steps)
+  step_tokens = tokens_per_step(input_shapes)
   step = int(state.step)
-  reporter.timing(step, tokens_per_step)
+  reporter.timing(step, step_tokens)
   pending = None  # (step, metrics) of the last dispatched step, checked one step late.
+  _record_run_status(model_dir, total_steps, step, layout.RUNNING)
   try:
-    with stop_signals.StopOnSignal(on_signal=lambda name: logging.warning(
-        "%s received: will checkpoint and stop after the current step.", name)) as stop:
-      while step < total_steps and not stop.requested:
-        batch = next(data_iterator)
-        state, metrics = trainer.train_step(state, batch)
-        if pending is not None:
-          _check_finite(*pending)
-        step += 1
-        pending = (step, metrics)
+    try:
+      with stop_signals.StopOnSignal(on_signal=lambda name: logging.warning(
+          "%s received: will checkpoint and stop after the current step.", name)) as stop:
+        while step < total_steps and not stop.requested:
+          batch = next(data_iterator)
+          state, metrics = trainer.train_step(state, batch)
+          if pending is not None:
+            _check_finite(*pending)
+          step += 1
+          pending = (step, metrics)
 
-        is_last = step == total_steps
-        if step % log_period == 0 or is_last:
-          _check_finite(*pending)
-          scalars = _summarize(metrics)
-          scalars.update(reporter.timing(step, tokens_per_step))
-          reporter.write(step, scalars)
-          reporter.print_progress(step, scalars)
-        if eval_period and (step % eval_period == 0 or is_last):
-          scalars = {}
-          if train_eval_dataset_cfg is not None:
-            scalars.update(run_train_eval(trainer, state.params, train_eval_dataset_cfg,
-                                          eval_feature_converter))
-          if infer_eval_fn is not None:
-            scalars.update(infer_eval_fn(trainer, state.params, step))
-          if scalars:
+          is_last = step == total_steps
+          if step % log_period == 0 or is_last:
+            _check_finite(*pending)
+            scalars = _summarize(metrics)
+            scalars.update(reporter.timing(step, step_tokens))
             reporter.write(step, scalars)
-            reporter.print_eval(step, scalars)
-        if checkpointer.should_save(step) or is_last or stop.requested:
-          _check_finite(*pending)
-          checkpointer.save(step, state, data_iterator=data_iterator, force=True)
-      if stop.requested:
-        checkpointer.wait_until_finished()
-        message = (f"Stopped by {stop.signal_name} at step {step}; checkpoint saved in "
-                   f"{model_dir}. Run the same command again to resume.")
-        logging.warning(message)
-        if jax.process_index() == 0:
-          print(message, flush=True)
-  finally:
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    reporter.close()
+            reporter.print_progress(step, scalars)
+          if eval_period and (step % eval_period == 0 or is_last):
+            scalars = {}
+            if train_eval_dataset_cfg is not None:
+              scalars.update(run_train_eval(trainer, state.params, train_eval_dataset_cfg,
+                                            eval_feature_converter))
+            if infer_eval_fn is not None:
+              scalars.update(infer_eval_fn(trainer, state.params, step))
+            if scalars:
+              reporter.write(step, scalars)
+              reporter.print_eval(step, scalars)
+          if checkpointer.should_save(step) or is_last or stop.requested:
+            _check_finite(*pending)
+            checkpointer.save(step, state, data_iterator=data_iterator, force=True)
+        if stop.requested:
+          checkpointer.wait_until_finished()
+          message = (f"Stopped by {stop.signal_name} at step {step}; checkpoint saved in "
+                     f"{model_dir}. Run the same command again to resume.")
+          logging.warning(message)
+          if jax.process_index() == 0:
+            print(message, flush=True)
+    finally:
+      checkpointer.wait_until_finished()
+      checkpointer.close()
+      reporter.close()
+  except BaseException as e:
+    _record_failure(model_dir, total_steps, e)
+    raise
+  _record_run_status(model_dir, total_steps, step,
+                     layout.FINISHED if step >= total_steps else layout.STOPPED)
   return state

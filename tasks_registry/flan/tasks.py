@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import seqio
 
-from instruct_jax import metrics
+from instruct_jax.eval import metrics
 from instruct_jax.data import templates as templates_lib
 from tasks_registry import registration
 from tasks_registry.flan import clusters

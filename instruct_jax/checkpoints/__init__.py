@@ -1,0 +1,10 @@
+"""Everything that reads or writes checkpoints, so train/ and eval/ never touch a format.
+
+  layout                MODEL_DIR's on-disk names and the run status file run.json
+  run_checkpointer      saving / restoring a training run (orbax TrainState + data position)
+  params_io             params only, from any known format (ours, t5x, Hugging Face)
+  orbax_trees           tree-metadata checks shared by the two above
+  adafactor_carry_over  seeding Adafactor statistics from a t5x checkpoint
+  t5x, hf               the foreign format readers (and the Hugging Face writer)
+  conversion            the library half of `instruct-jax convert`
+"""

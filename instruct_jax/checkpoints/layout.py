@@ -1,0 +1,179 @@
+"""The one owner of MODEL_DIR's on-disk names, and of the run status file.
+
+    MODEL_DIR/
+      checkpoint_<step>/{state,train_ds}/   a finished step (orbax commits it atomically;
+                                            unfinished saves carry a tmp suffix)
+      config.gin                            the resolved gin config of the run
+      metrics.jsonl                         training scalars, one JSON object per line
+      run.json                              the run's outcome (RunStatus), as data
+      inference_eval/                       evaluation results:
+        metrics_step_<step>.json            every task's metrics at one step
+        report_step_<step>.{md,json,png}    the rendered report
+
+Every module that builds or parses one of these names asks this module, so a
+rename happens in one place. Paths go through tf.io.gfile (local disks and gs://).
+"""
+import dataclasses
+import json
+import os
+import re
+from typing import Optional
+
+import tensorflow as tf
+
+STEP_PREFIX = "checkpoint"
+STATE_ITEM = "state"
+DATA_ITERATOR_ITEM = "train_ds"
+# What orbax writes at the root of a saved PyTree item; marks a directory as one.
+PYTREE_METADATA_FILE = "_METADATA"
+
+CONFIG_FILE = "config.gin"
+METRICS_FILE = "metrics.jsonl"
+RUN_STATUS_FILE = "run.json"
+EVAL_SUBDIR = "inference_eval"
+
+_STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
+_STEP_IN_PATH = re.compile(rf"(?:^|/){STEP_PREFIX}_(\d+)(?:/|$)")
+_METRICS_STEP_FILE = re.compile(r"^metrics_step_(\d+)\.json$")
+
+# RunStatus.status values.
+RUNNING = "running"
+FINISHED = "finished"
+STOPPED = "stopped"
+FAILED = "failed"
+STATUSES = (RUNNING, FINISHED, STOPPED, FAILED)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint directories.
+# ---------------------------------------------------------------------------
+
+
+def checkpoint_dir_name(step: int) -> str:
+  return f"{STEP_PREFIX}_{int(step)}"
+
+
+def checkpoint_dir(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, checkpoint_dir_name(step))
+
+
+def step_of_dir_name(name: str) -> Optional[int]:
+  """12 for "checkpoint_12" (a trailing slash is fine); None for anything else."""
+  match = _STEP_DIR.match(name.rstrip("/"))
+  return int(match.group(1)) if match else None
+
+
+def step_of_checkpoint(path: str) -> Optional[int]:
+  """The step of the innermost checkpoint_<step> component of `path`, or None."""
+  found = _STEP_IN_PATH.findall(str(path).replace(os.sep, "/"))
+  return int(found[-1]) if found else None
+
+
+def model_dir_of_checkpoint(path: str) -> str:
+  """MODEL_DIR for a checkpoint_<step> directory; any other path is taken as MODEL_DIR."""
+  path = str(path).rstrip("/")
+  if step_of_dir_name(os.path.basename(path)) is not None:
+    return os.path.dirname(path)
+  return path
+
+
+def checkpoint_dirs(model_dir: str) -> list[tuple[int, str]]:
+  """(step, path) of every checkpoint_<step> directory in `model_dir`, oldest first.
+
+  Names only: whether a directory holds a readable checkpoint is for
+  checkpoints.params_io to say. Unfinished orbax saves (tmp suffix) never match.
+  """
+  if not tf.io.gfile.isdir(model_dir):
+    return []
+  found = []
+  for name in tf.io.gfile.listdir(model_dir):
+    step = step_of_dir_name(name)
+    if step is not None:
+      found.append((step, os.path.join(model_dir, name.rstrip("/"))))
+  return sorted(found)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation results.
+# ---------------------------------------------------------------------------
+
+
+def eval_dir(output_root: str) -> str:
+  """Where evaluation results of a run (or of an explicit output root) go."""
+  return os.path.join(output_root, EVAL_SUBDIR)
+
+
+def metrics_file_name(step: int) -> str:
+  return f"metrics_step_{int(step)}.json"
+
+
+def step_of_metrics_file(name: str) -> Optional[int]:
+  match = _METRICS_STEP_FILE.match(os.path.basename(name))
+  return int(match.group(1)) if match else None
+
+
+def latest_metrics_file(results_dir: str) -> Optional[tuple[int, str]]:
+  """(step, path) of the newest metrics_step_<step>.json in `results_dir`, if any."""
+  if not tf.io.gfile.isdir(results_dir):
+    return None
+  found = [(step, os.path.join(results_dir, name))
+           for name in tf.io.gfile.listdir(results_dir)
+           if (step := step_of_metrics_file(name)) is not None]
+  return max(found) if found else None
+
+
+def report_stem(name: str, step: Optional[int] = None) -> str:
+  """"report" -> "report_step_<step>" (or "report" when the step is unknown)."""
+  return name if step is None else f"{name}_step_{int(step)}"
+
+
+# ---------------------------------------------------------------------------
+# The run status file.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+  """What a training run reports about itself in MODEL_DIR/run.json.
+
+  status: "running" while the trainer works, then "finished" (reached
+  total_steps), "stopped" (SIGTERM / Ctrl-C; resumable) or "failed" (an error;
+  `error` says which). last_step is the newest step the run reached and saved.
+  """
+  total_steps: int
+  last_step: int
+  status: str
+  time: float
+  error: Optional[str] = None
+
+  def __post_init__(self):
+    if self.status not in STATUSES:
+      raise ValueError(f"Run status {self.status!r} is not one of {STATUSES}.")
+
+  @property
+  def finished(self) -> bool:
+    return self.status == FINISHED and self.last_step >= self.total_steps
+
+
+def write_run_status(model_dir: str, status: RunStatus) -> str:
+  """Writes MODEL_DIR/run.json atomically (a reader never sees half a file)."""
+  tf.io.gfile.makedirs(model_dir)
+  path = os.path.join(model_dir, RUN_STATUS_FILE)
+  partial = path + ".tmp"
+  with tf.io.gfile.GFile(partial, "w") as f:
+    json.dump(dataclasses.asdict(status), f, indent=2, sort_keys=True)
+    f.write("\n")
+  tf.io.gfile.rename(partial, path, overwrite=True)
+  return path
+
+
+def read_run_status(model_dir: str) -> Optional[RunStatus]:
+  """The run's RunStatus, or None when MODEL_DIR has no run.json (e.g. never trained)."""
+  path = os.path.join(model_dir, RUN_STATUS_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    record = json.load(f)
+  known = {field.name for field in dataclasses.fields(RunStatus)}
+  return RunStatus(**{k: v for k, v in record.items() if k in known})
+

@@ -1,0 +1,149 @@
+"""Gin at the command-line edge: bindings from argv, parsing with readable errors, %MODEL.
+
+The library takes explicit arguments; only the commands in this package parse gin
+files, ask gin for configured entry functions and record the resolved config.
+"""
+import contextlib
+import inspect
+import logging
+import os
+import re
+from typing import Any, Callable, Optional, Sequence
+
+import gin
+
+import gin_configs
+from instruct_jax.checkpoints import layout
+from instruct_jax.errors import UsageError
+
+_REQUIRED_MACRO = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently")
+_REQUIRED_PARAM = re.compile(r"^(\S+) set to `%gin\.REQUIRED` but not subsequently")
+
+
+def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--gin.KEY=VALUE` (or `--gin.KEY VALUE`) bindings from other flags."""
+  rest, bindings = [], []
+  argv = list(argv)
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--gin."):
+      body = arg[len("--gin."):]
+      if "=" not in body:
+        if i + 1 >= len(argv):
+          raise UsageError(f"Gin binding {arg!r} has no value; write --gin.{body}=VALUE.")
+        body = f"{body}={argv[i + 1]}"
+        i += 1
+      key, value = body.split("=", 1)
+      bindings.append(f"{key} = {value}")
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, bindings
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
+              search_paths: Sequence[str] = ()) -> None:
+  """Parses gin files and bindings, turning gin's errors into ones that say what to fix."""
+  paths = [p for entry in search_paths for p in entry.split(",") if p]
+  for path in [os.getcwd(), *paths, gin_configs.ROOT, os.path.dirname(gin_configs.ROOT)]:
+    gin.add_config_file_search_path(path)
+  try:
+    with _quiet_gin_path_lookups():
+      gin.parse_config_files_and_bindings(list(gin_files), list(bindings))
+  except ValueError as e:
+    message = str(e)
+    required = _REQUIRED_MACRO.match(message)
+    if required:
+      name = required.group(1)
+      raise UsageError(f"Required gin macro {name} is not set. Pass --gin.{name}=VALUE on the "
+                       f"command line or bind `{name} = ...` in a gin file.") from e
+    required = _REQUIRED_PARAM.match(message)
+    if required:
+      raise UsageError(f"Required gin parameter {required.group(1)} is not set; bind it in a "
+                       f"gin file or with --gin.{required.group(1)}=VALUE.") from e
+    raise UsageError(f"Gin configuration error: {message}") from e
+  except (SyntaxError, IOError) as e:
+    culprit = _find_bad_binding(bindings)
+    hint = (f" in binding {culprit!r}" if culprit else "") + (
+        ". String values need inner quotes, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"; "
+        "gin files are searched in the current directory, --gin_search_paths and "
+        f"{gin_configs.ROOT}.")
+    raise UsageError(f"Malformed gin configuration{hint} ({type(e).__name__}: {e})") from e
+
+
+@contextlib.contextmanager
+def _quiet_gin_path_lookups():
+  """Gin logs an error for every search path that lacks a file, even when a later one
+  has it; a file found nowhere still raises, so these lines are only noise."""
+  noise = lambda record: not record.getMessage().startswith("Path not found")
+  root = logging.getLogger()
+  root.addFilter(noise)
+  try:
+    yield
+  finally:
+    root.removeFilter(noise)
+
+
+def _find_bad_binding(bindings: Sequence[str]) -> Optional[str]:
+  for binding in bindings:
+    try:
+      gin.config_parser.ConfigParser(binding, gin.config.ParserDelegate(skip_unknown=True)
+                                    ).parse_statement()
+    except SyntaxError:
+      return binding
+  return None
+
+
+def macro(name: str) -> Any:
+  """The value of gin macro `name`, or None when no parsed file defines it."""
+  try:
+    return gin.query_parameter(f"{name}/macro.value")
+  except ValueError:
+    return None
+
+
+def configured(fn: Callable, hint: str) -> Callable:
+  """gin's wrapper of `fn`, after checking that the parsed gin files bind it.
+
+  (gin keeps a function registered after clear_config, so being registered is not
+  enough: without bindings the call would fail on missing arguments.)
+  """
+  first_param = next(iter(inspect.signature(fn).parameters))
+  try:
+    configurable = gin.get_configurable(fn)
+    gin.query_parameter(f"{fn.__module__}.{fn.__name__}.{first_param}")
+  except ValueError as e:
+    raise UsageError(hint) from e
+  return configurable
+
+
+def _configured_macro(value: Any) -> Any:
+  """Gin hands a macro's built value to the CLI through this function's binding."""
+  return value
+
+
+def build_macro(name: str, hint: str) -> Any:
+  """Builds what gin macro `name` (e.g. %MODEL, %OPTIMIZER) refers to.
+
+  The one way commands obtain a configured object that no entry function binds.
+  `hint` says which gin file defines the macro, for the error when none does.
+  """
+  if macro(name) is None:
+    raise UsageError(f"The gin configuration defines no {name} macro; {hint}")
+  with gin.unlock_config():  # The parsed config may be locked (gin's finalize).
+    gin.parse_config(["from __gin__ import dynamic_registration",
+                      "from instruct_jax.cli import gin_setup",
+                      f"gin_setup._configured_macro.value = %{name}"])
+  return gin.get_configurable(_configured_macro)()
+
+
+def write_config(model_dir: Optional[str]) -> None:
+  """Saves the resolved gin config to MODEL_DIR/config.gin (process 0 only)."""
+  import jax  # pylint: disable=g-import-not-at-top  # jax starts slowly; only train needs it.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not model_dir or jax.process_index() != 0:
+    return
+  tf.io.gfile.makedirs(model_dir)
+  with tf.io.gfile.GFile(os.path.join(model_dir, layout.CONFIG_FILE), "w") as f:
+    f.write(gin.config_str())

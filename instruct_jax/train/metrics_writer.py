@@ -1,0 +1,90 @@
+"""Where training numbers go: TensorBoard (clu writers), MODEL_DIR/metrics.jsonl, the console.
+
+Only process 0 writes files; every process may print. Scalars arrive as plain
+Python floats so nothing here touches devices.
+"""
+import datetime
+import json
+import os
+import time
+from typing import Mapping, Optional
+
+from absl import logging
+from clu import metric_writers
+import jax
+import tensorflow as tf
+
+from instruct_jax.checkpoints import layout
+
+
+class MetricsReporter:
+  """Writes the same scalars to TensorBoard and a JSON-lines log, and a progress line."""
+
+  def __init__(self, model_dir: str, total_steps: int, subdir: str = "train"):
+    self._is_chief = jax.process_index() == 0
+    self._total_steps = total_steps
+    self._writer = metric_writers.create_default_writer(
+        os.path.join(model_dir, subdir), just_logging=not self._is_chief, asynchronous=False)
+    self._jsonl_path = os.path.join(model_dir, layout.METRICS_FILE)
+    if self._is_chief:
+      tf.io.gfile.makedirs(model_dir)
+    self._last_time: Optional[float] = None
+    self._last_step: Optional[int] = None
+    self._start_time = time.time()
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Records scalars for `step` in TensorBoard and metrics.jsonl."""
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._writer.write_scalars(step, scalars)
+    self._writer.flush()
+    if self._is_chief:
+      record = {"step": int(step), "time": time.time(), **scalars}
+      with tf.io.gfile.GFile(self._jsonl_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+  def timing(self, step: int, tokens_per_step: int) -> dict[str, float]:
+    """Throughput since the previous call (steps/s, tokens/s, ETA in seconds)."""
+    now = time.time()
+    out = {}
+    if self._last_time is not None and step > self._last_step:
+      steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+      out = {
+          "timing/steps_per_second": steps_per_sec,
+          "timing/tokens_per_second": steps_per_sec * tokens_per_step,
+          "timing/eta_seconds": (self._total_steps - step) / steps_per_sec,
+      }
+    self._last_time, self._last_step = now, step
+    return out
+
+  def print_progress(self, step: int, scalars: Mapping[str, float]) -> None:
+    parts = [f"step {step}/{self._total_steps}"]
+    if "loss" in scalars:
+      parts.append(f"loss {scalars['loss']:.4g}")
+    if "cross_ent_loss_per_token" in scalars:
+      parts.append(f"loss/token {scalars['cross_ent_loss_per_token']:.4f}")
+    if "accuracy" in scalars:
+      parts.append(f"acc {scalars['accuracy']:.3f}")
+    if "timing/tokens_per_second" in scalars:
+      parts.append(f"tokens/s {scalars['timing/tokens_per_second']:,.0f}")
+      parts.append(f"steps/s {scalars['timing/steps_per_second']:.2f}")
+      eta = datetime.timedelta(seconds=int(scalars["timing/eta_seconds"]))
+      parts.append(f"ETA {eta}")
+    line = " | ".join(parts)
+    logging.info(line)
+    if self._is_chief:
+      print(line, flush=True)
+
+  def print_eval(self, step: int, scalars: Mapping[str, float]) -> None:
+    """One line per evaluated task: `eval step N | task: loss 1.23, accuracy 0.45`."""
+    by_task: dict[str, list[str]] = {}
+    for key, value in sorted(scalars.items()):
+      _, task, metric = key.split("/", 2) if key.count("/") >= 2 else ("", key, "")
+      by_task.setdefault(task, []).append(f"{metric} {value:.4g}" if metric else f"{value:.4g}")
+    for task, values in by_task.items():
+      line = f"eval step {step} | {task}: {', '.join(values)}"
+      logging.info(line)
+      if self._is_chief:
+        print(line, flush=True)
+
+  def close(self) -> None:
+    self._writer.close()
