@@ -153,7 +153,6 @@ def test_feature_converter_pads_teacher_rows_with_the_targets():
 ])
 def test_experiment_gins_parse_with_the_reference_hyperparameters(gin_file, objective):
   import gin  # pylint: disable=g-import-not-at-top
-  from instruct_jax import cli  # pylint: disable=g-import-not-at-top
   from instruct_jax.cli import gin_setup  # pylint: disable=g-import-not-at-top
   gin.clear_config()
   try:

@@ -8,6 +8,7 @@ import seqio
 
 import cot_data
 from instruct_jax import cli
+from instruct_jax.cli import selection as selection_cli
 from instruct_jax.eval import selection
 from instruct_jax.eval.reports import selection as selection_report
 from instruct_jax.errors import UsageError
@@ -55,6 +56,35 @@ def clean_gin():
   yield
   gin.clear_config()
   registration.remove_with_prefix("test_sel")
+
+
+def _select_config(*flags):
+  """What `select` would run with: the model gin, runs/select.gin, then the flags."""
+  args = cli.build_parser("select").parse_args(
+      ["select", "--gin_file=models/t5_1_1/tiny.gin", "--model_dir=/runs/r", *flags])
+  args.gin_bindings = []
+  cli.gin_setup.parse_gin(args.gin_file, [])  # What `instruct-jax` does before run(args).
+  selection_cli.configure(args)
+  cfg = gin.query_parameter("selection.select_checkpoint.dataset_cfg").scoped_configurable_fn()
+  macro = lambda name: gin.query_parameter(f"{name}/macro.value")
+  return cfg, macro
+
+
+def test_select_flags_are_shortcuts_for_select_gin_macros(clean_gin):
+  cfg, macro = _select_config()
+  assert (cfg.mixture_or_task_name, cfg.split, cfg.batch_size, cfg.module, cfg.seed) == (
+      selection.DEFAULT_MIXTURE, "test", 32, "tasks_registry", 42)
+  assert cfg.task_feature_lengths == {"inputs": 1024, "targets": 256}
+  assert macro("MODEL_DIR") == "/runs/r" and macro("SELECT_STEPS") is None
+  gin.clear_config()
+  cfg, macro = _select_config("--mixture=m", "--split=validation", "--batch_size=8",
+                              "--targets_length=16", "--num_examples=3", "--steps=2,4",
+                              "--output_dir=/out", "--module=mod", "--num_partitions=2")
+  assert (cfg.mixture_or_task_name, cfg.split, cfg.batch_size, cfg.module) == (
+      "m", "validation", 8, "mod")
+  assert cfg.task_feature_lengths == {"inputs": 1024, "targets": 16}
+  assert [macro(n) for n in ("EVAL_NUM_EXAMPLES", "SELECT_STEPS", "EVAL_OUTPUT_DIR",
+                             "NUM_PARTITIONS")] == [3, [2, 4], "/out", 2]
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ import wordfreq
 
 from instruct_jax.cli import gin_setup
 from instruct_jax.data import pipeline
-from instruct_jax.checkpoints import conversion as convert
 
 PUBLIC_T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 PIECES = 256

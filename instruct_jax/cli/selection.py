@@ -93,7 +93,8 @@ def length_bindings(args, task_feature_lengths) -> list[str]:
   return [f"TASK_FEATURE_LENGTHS = {({**(task_feature_lengths or {}), **lengths})!r}"]
 
 
-def run(args) -> None:
+def configure(args) -> None:
+  """Parses the model gin (or the run's config.gin), runs/select.gin, --gin bindings, flags."""
   _parse_model_gin(args)
   with gin.unlock_config():
     # select.gin after the model gin, then the --gin bindings, then the flags.
@@ -103,6 +104,10 @@ def run(args) -> None:
   if lengths:
     with gin.unlock_config():  # Parsing finalizes (locks) the config.
       gin_setup.parse_gin([], lengths)
+
+
+def run(args) -> None:
+  configure(args)
   if gin_setup.macro("MODEL") is None:
     raise UsageError("The gin configuration defines no MODEL macro; include a model gin such "
                      "as --gin_file=models/t5_1_1/base.gin.")

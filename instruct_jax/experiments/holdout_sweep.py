@@ -60,6 +60,7 @@ from instruct_jax.checkpoints import layout
 from instruct_jax.errors import ActionableError
 from instruct_jax.errors import UsageError
 from instruct_jax.eval.reports import evaluation as reports
+from instruct_jax.eval.reports import toolkit
 
 PROGRAM = "instruct-jax"
 EVAL_GIN = "runs/eval.gin"
@@ -406,14 +407,15 @@ def _runs_table(outcomes: Sequence[ClusterOutcome], runs: Sequence[ClusterRun],
                 report: dict[str, Any]) -> str:
   scores = {c["cluster"]: c["mean_score"] for c in report["clusters"]}
   model_dirs = {r.cluster: r.model_dir for r in runs}
-  lines = ["## Runs", "", "| Held-out cluster | Status | Step | Zero-shot score | MODEL_DIR |",
-           "|---|---|---:|---:|---|"]
+  rows = []
   for o in outcomes:
     status = {"existing": "done earlier (skipped)",
               "failed": f"failed in {o.stage}"}.get(o.status, o.status)
-    score = scores.get(o.cluster)
-    lines.append(f"| {o.cluster} | {status} | {'-' if o.step is None else o.step} | "
-                 f"{'-' if score is None else f'{score:.2f}'} | {model_dirs[o.cluster]} |")
+    rows.append([o.cluster, status, toolkit.MISSING if o.step is None else o.step,
+                 toolkit.format_score(scores.get(o.cluster)), model_dirs[o.cluster]])
+  lines = ["## Runs", ""] + toolkit.markdown_table(
+      ["Held-out cluster", "Status", "Step", "Zero-shot score", "MODEL_DIR"],
+      ["---", "---", "---:", "---:", "---"], rows)
   failures = [o for o in outcomes if o.status == "failed"]
   if failures:
     lines += ["", "### Failures", ""]
@@ -441,7 +443,7 @@ def write_aggregate(root: str, config: SweepConfig, runs: Sequence[ClusterRun],
           "eval_command": command_line(by_cluster[o.cluster].eval_argv),
       } for o in outcomes],
   }
-  paths = reports.write_files(root, REPORT_STEM, markdown, record,
+  paths = toolkit.write_files(root, REPORT_STEM, markdown, record,
                               reports.plot_clusters(report, title))
   return paths, markdown
 

@@ -18,15 +18,16 @@ import optax
 import seqio
 
 from instruct_jax import stop_signals
-from instruct_jax.data import pipeline
-from instruct_jax.errors import ActionableError
 from instruct_jax.checkpoints import adafactor_carry_over
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import params_io
 from instruct_jax.checkpoints import run_checkpointer
+from instruct_jax.data import pipeline
+from instruct_jax.errors import ActionableError
 from instruct_jax.models import api
-from instruct_jax.train import partitioning
 from instruct_jax.train import metrics_writer
+from instruct_jax.train import partitioning
+from instruct_jax.train import state as state_lib
 from instruct_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -66,16 +67,13 @@ class Trainer:
           f"({partitioner.data_parallel_size}).")
     self._dropout_rng = jax.random.PRNGKey(random_seed)
 
-    with partitioner.activation_context():
-      self._boxed_params = jax.eval_shape(
-          lambda rng: model.init_params(rng, self._input_shapes), jax.random.PRNGKey(0))
-    abstract_params = nn.meta.unbox(self._boxed_params)
+    abstract_params, param_shardings, boxed_params = state_lib.abstract_params(
+        model, partitioner, self._input_shapes)
     abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
     self.state_shardings = TrainState(
         step=partitioner.replicated,
-        params=partitioner.param_shardings(self._boxed_params),
-        opt_state=partitioner.optimizer_state_shardings(abstract_opt_state,
-                                                        self._boxed_params))
+        params=param_shardings,
+        opt_state=partitioner.optimizer_state_shardings(abstract_opt_state, boxed_params))
     abstract_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
                                 params=abstract_params, opt_state=abstract_opt_state)
     self.abstract_state = jax.tree.map(
