@@ -482,12 +482,23 @@ def test_dropout_needs_rng_and_changes_loss(t5_setup):
   assert float(dropped) != pytest.approx(float(deterministic))
 
 
-def test_feature_converters():
-  assert isinstance(_t5_model().feature_converter(pack=True), seqio.EncDecFeatureConverter)
-  assert isinstance(_decoder_model().feature_converter(pack=False),
-                    seqio.DecoderFeatureConverter)
-  assert isinstance(_decoder_model(prefix=True).feature_converter(pack=True),
-                    seqio.PrefixLMFeatureConverter)
+def test_feature_converters_give_each_family_its_model_features():
+  """Which features reach each network: what a user's task must provide and what packs."""
+  lengths = {"inputs": 6, "targets": 4}
+
+  def features(model, pack):
+    return set(model.feature_converter(pack=pack).get_model_feature_lengths(lengths))
+
+  assert features(_t5_model(), pack=True) == {
+      "encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+      "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+      "decoder_segment_ids", "decoder_positions"}
+  # Decoder-only models see one concatenated sequence; decoder_causal_attention marks the
+  # prompt (decoding continues after it; a prefix LM also attends over it bidirectionally).
+  decoder_features = {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                      "decoder_causal_attention"}
+  assert features(_decoder_model(), pack=False) == decoder_features
+  assert features(_decoder_model(prefix=True), pack=False) == decoder_features
 
 
 # --- prefix LM masking ---------------------------------------------------------------

@@ -11,12 +11,12 @@ import factories
 
 
 def test_standard_rules_data_parallel_and_fsdp():
-  dp = dict(partitioning.standard_logical_axis_rules(1, 1))
-  fsdp = dict(partitioning.standard_logical_axis_rules(2, 2))
+  dp = dict(partitioning.standard_logical_axis_rules(1))
+  fsdp = dict(partitioning.standard_logical_axis_rules(2))
   assert dp["batch"] == "data" and dp["embed"] is None
   assert fsdp["embed"] == "data" and fsdp["heads"] == "model" and fsdp["vocab"] == "model"
   with pytest.raises(ValueError, match="PARAMETER_PARTITIONING_DIMS"):
-    partitioning.standard_logical_axis_rules(1, 3)
+    partitioning.standard_logical_axis_rules(3)
 
 
 def test_num_partitions_must_divide_devices():

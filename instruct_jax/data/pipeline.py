@@ -103,6 +103,16 @@ def get_dataset(cfg: DatasetConfig, shard_id: int, num_shards: int,
   """
   _check_packing(cfg, feature_converter)
   provider = get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  return _seqio_dataset(provider, cfg, shard_id, num_shards, feature_converter,
+                        num_epochs=None if repeat else 1,
+                        batch_size=per_host_batch_size(cfg.batch_size, num_shards))
+
+
+def _seqio_dataset(provider: seqio.DatasetProviderBase, cfg: DatasetConfig, shard_id: int,
+                   num_shards: int, feature_converter: seqio.FeatureConverter,
+                   num_epochs: int | None, batch_size: int | None = None
+                   ) -> tf.data.Dataset:
+  """seqio.get_dataset of `provider` with the config's lengths, split, caching and seed."""
   return seqio.get_dataset(
       provider,
       task_feature_lengths=cfg.task_feature_lengths,
@@ -110,10 +120,10 @@ def get_dataset(cfg: DatasetConfig, shard_id: int, num_shards: int,
       dataset_split=cfg.split,
       use_cached=cfg.use_cached,
       shuffle=cfg.shuffle,
-      num_epochs=None if repeat else 1,
+      num_epochs=num_epochs,
       shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
       seed=cfg.seed,
-      batch_size=per_host_batch_size(cfg.batch_size, num_shards),
+      batch_size=batch_size,
   )
 
 
@@ -216,19 +226,8 @@ def _finite_examples(cfg: DatasetConfig, shard_id: int, num_shards: int,
   if not tasks:
     raise ValueError(f"No task of {cfg.mixture_or_task_name!r} has a {cfg.split!r} "
                      "split; choose a split its tasks define.")
-  datasets = [
-      seqio.get_dataset(
-          task,
-          task_feature_lengths=cfg.task_feature_lengths,
-          feature_converter=feature_converter,
-          dataset_split=cfg.split,
-          use_cached=cfg.use_cached,
-          shuffle=cfg.shuffle,
-          num_epochs=1,
-          shard_info=seqio.ShardInfo(index=shard_id, num_shards=num_shards),
-          seed=cfg.seed,
-      ) for task in tasks
-  ]
+  datasets = [_seqio_dataset(task, cfg, shard_id, num_shards, feature_converter, num_epochs=1)
+              for task in tasks]
   return functools.reduce(lambda a, b: a.concatenate(b), datasets)
 
 

@@ -1,8 +1,8 @@
 """Autoregressive decoding: greedy, temperature / top-k / top-p sampling and beam search.
 
 The search loops here know nothing about networks. A model describes itself
-through three things (see `EncoderDecoderModel.predict_batch` and
-`DecoderOnlyModel.predict_batch` in instruct_jax.models.model):
+through three things (see `_decoding_setup` of instruct_jax.models.encoder_decoder and
+instruct_jax.models.decoder_only, called by api.Model.predict_batch):
 
   first_logits  [batch, vocab] float32: the distribution of the first new token
                 (after the BOS token, or after a decoder-only prompt);

@@ -22,14 +22,15 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 LogicalRules = Sequence[tuple[str, Optional[str]]]
 
 
-def standard_logical_axis_rules(num_partitions: int = 1,
-                                parameter_partitioning_dims: int = 1) -> LogicalRules:
-  """The default logical -> mesh axis rules (t5x semantics)."""
+def standard_logical_axis_rules(parameter_partitioning_dims: int = 1) -> LogicalRules:
+  """The default logical -> mesh axis rules (t5x semantics).
+
+  The model-axis size is the mesh's business (NUM_PARTITIONS), not the rules'.
+  """
   if parameter_partitioning_dims not in (1, 2):
     raise ValueError(
         f"PARAMETER_PARTITIONING_DIMS must be 1 (data parallel) or 2 (FSDP), "
         f"got {parameter_partitioning_dims}.")
-  del num_partitions  # The mesh shape, not the rules, carries the model-axis size.
   rules = [
       ("batch", "data"),
       ("vocab", "model"),
@@ -62,8 +63,8 @@ class Partitioner:
           f"{[k for k in range(1, len(devices) + 1) if len(devices) % k == 0]}.")
     self.num_partitions = num_partitions
     self.parameter_partitioning_dims = parameter_partitioning_dims
-    self.rules = list(logical_axis_rules or standard_logical_axis_rules(
-        num_partitions, parameter_partitioning_dims))
+    self.rules = list(logical_axis_rules
+                      or standard_logical_axis_rules(parameter_partitioning_dims))
     # Devices in jax.devices() order are grouped per process, so each host's
     # devices form contiguous rows of the data axis.
     grid = np.asarray(devices, dtype=object).reshape(len(devices) // num_partitions,

@@ -25,7 +25,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(layers.NetworkConfig):
   """Architecture hyperparameters of a decoder-only model."""
   vocab_size: int
   emb_dim: int
@@ -40,14 +40,6 @@ class DecoderConfig:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   remat_policy: str = "none"
-
-  def __post_init__(self):
-    object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
-    layers.check_config(self)
-
-  @property
-  def activation_dtype(self):
-    return jnp.dtype(self.dtype)
 
 
 class DecoderOnlyLayer(nn.Module):

@@ -360,14 +360,25 @@ def decoder_attention_mask(decoder_target_tokens: Array,
   return nn.combine_masks(causal, padding, segments, dtype=dtype)
 
 
-def check_config(config: Any) -> None:
-  """Shared validation of T5Config / DecoderConfig: dtype and remat_policy names."""
-  remat_policy(config.remat_policy)
-  try:
-    jnp.dtype(config.dtype)
-  except TypeError as e:
-    raise ValueError(f"{type(config).__name__}.dtype={config.dtype!r} is not a dtype name; "
-                     "use 'bfloat16' or 'float32'.") from e
+class NetworkConfig:
+  """What T5Config and DecoderConfig share: validation on construction, the activation dtype.
+
+  A mixin for frozen dataclasses that have `mlp_activations`, `dtype` and
+  `remat_policy` fields.
+  """
+
+  def __post_init__(self):
+    object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+    remat_policy(self.remat_policy)
+    try:
+      jnp.dtype(self.dtype)
+    except TypeError as e:
+      raise ValueError(f"{type(self).__name__}.dtype={self.dtype!r} is not a dtype name; "
+                       "use 'bfloat16' or 'float32'.") from e
+
+  @property
+  def activation_dtype(self):
+    return jnp.dtype(self.dtype)
 
 
 def remat_policy(name: str) -> Optional[Callable[..., bool]]:

@@ -25,7 +25,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(layers.NetworkConfig):
   """Architecture hyperparameters (field names as in t5x's network.T5Config)."""
   vocab_size: int
   emb_dim: int
@@ -41,14 +41,6 @@ class T5Config:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   remat_policy: str = "none"
-
-  def __post_init__(self):
-    object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
-    layers.check_config(self)
-
-  @property
-  def activation_dtype(self):
-    return jnp.dtype(self.dtype)
 
 
 def _relpos(config, name: str) -> layers.RelativePositionBiases:
