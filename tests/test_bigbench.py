@@ -46,7 +46,7 @@ def test_prompts_follow_bigbench_defaults_and_file_keys():
   assert examples[1].answers == ("4", "four") and examples[1].targets == "4"
 
   fmt = bigbench.PromptFormat.from_task_json(MULTIPLE_CHOICE)
-  first = bigbench.render_examples(MULTIPLE_CHOICE, fmt)[1]
+  first = bigbench.render_examples(MULTIPLE_CHOICE, fmt, choice_seed=None)[1]
   assert first.inputs == ("Answer the question.\nQ: Is ice hot?\n  choice: wrong\n  choice: "
                           "right\n  choice: maybe\nAnswer: ")
   assert first.options == ("wrong", "right", "maybe")
@@ -162,7 +162,7 @@ def test_output_regex_capture_group_extracts_the_answer():
   assert post("Let's think. So the answer is (B). Done", output_regex=r"answer is (.*?)\.") == "(B)"
   assert post("x 42 y", output_regex=r"\d+") == "42"
   assert post("no number", output_regex=r"\d+") == ""
-  assert post(b"A: yes\nQ: next", stop_string="\n") == "A: yes"
+  assert post(b"A: yes\nQ: next", stop_string="\n") == "A: yes\n"  # BIG-bench keeps it
   example = {"answers": np.asarray([b"4", b"four"])}
   assert post(b"4", example, is_target=True) == ["4", "four"]
 
@@ -180,3 +180,108 @@ def test_registers_a_directory_of_tasks_in_both_layouts(tmp_path):
       "bbt_boolean_logic_gen", "bbt_word_sorting_gen"}
   with pytest.raises(FileNotFoundError, match="No BIG-bench task files"):
     bigbench.task_files(str(tmp_path / "boolean_logic" / "missing"))
+
+
+def _task_dir(root, name, content):
+  root.mkdir(parents=True, exist_ok=True)
+  (root / name).mkdir()
+  (root / name / "task.json").write_text(json.dumps(content))
+  return root / name
+
+
+PARENT = {"name": "arith", "description": "subtasks in folders", "keywords": ["math"]}
+
+
+def test_subtasks_of_a_task_folder_are_registered_not_the_parent(tmp_path):
+  task = _task_dir(tmp_path, "arith", PARENT)
+  _task_dir(task, "one_digit", GENERATIVE)
+  _task_dir(task, "yes_no", MULTIPLE_CHOICE)
+  expected = {"bbs_arith_one_digit_gen", "bbs_arith_yes_no_gen", "bbs_arith_yes_no_mc"}
+  assert set(bigbench.register_bigbench_directory(str(task), VOCAB, prefix="bbs_")) == expected
+  assert set(bigbench.register_bigbench_task("bbs_arith", str(task / "task.json"),
+                                             VOCAB)) == expected
+  rows = list(seqio.get_mixture_or_task("bbs_arith_one_digit_gen").get_dataset(
+      None, split="all", shuffle=False))
+  assert len(rows) == 5
+
+
+def test_benchmark_tasks_directory_with_parents_registers_every_subtask(tmp_path):
+  root = tmp_path / "benchmark_tasks"
+  _task_dir(_task_dir(root, "arith", PARENT), "one_digit", GENERATIVE)
+  _task_dir(root, "plain", MULTIPLE_CHOICE)
+  _task_dir(root, "inline", {"name": "inline", "subtasks": [
+      dict(GENERATIVE, name="inline:sums")]})
+  _task_dir(root, "empty", {"name": "empty", "description": "no examples, no subtasks"})
+  names = bigbench.register_bigbench_directory(str(root), VOCAB, prefix="bbd_")
+  assert set(names) == {"bbd_arith_one_digit_gen", "bbd_plain_gen", "bbd_plain_mc",
+                        "bbd_inline_sums_gen"}
+  with pytest.raises(ValueError, match="no \"examples\" and no subtasks"):
+    bigbench.register_bigbench_task("bbd_empty", str(root / "empty" / "task.json"), VOCAB)
+
+
+def _bigbench_choice_order(examples, seed=42):
+  """Reference: BIG-bench permutes sorted option names with one RandomState, in order."""
+  rng = np.random.RandomState(seed)
+  return [list(rng.permutation(sorted(e["target_scores"]))) for e in examples]
+
+
+def test_appended_choices_are_permuted_as_bigbench_does():
+  examples = [{"input": f"q{i}", "target_scores": {c: int(c == "c") for c in "abcde"}}
+              for i in range(6)]
+  examples.append(dict(examples[0]))  # a duplicate: BIG-bench formats it only once
+  task = {"examples": examples}
+  fmt = bigbench.PromptFormat.from_task_json(task)
+  rendered = bigbench.render_examples(task, fmt)
+  orders = _bigbench_choice_order(examples[:6])
+  for example, order in zip(rendered, orders + orders[:1]):
+    choices = example.inputs.split("\n  choice: ")[1:]
+    choices[-1] = choices[-1][:-len("\nA: ")]
+    assert choices == order
+  assert len({tuple(o) for o in orders}) > 1  # per example, not one fixed order
+  assert rendered[1].options == ("a", "b", "c", "d", "e")  # scoring keeps the file's order
+  assert rendered[1].correct_options == ("c",)
+  shot = bigbench.render_examples(task, fmt, num_shots=1, seed=0)[0].inputs.split("\n\nQ: ")[0]
+  index = int(shot.split("q")[1][0])
+  assert shot.endswith("".join("\n  choice: " + c for c in orders[index]) + "\nA: c")
+
+
+def test_generative_outputs_are_postprocessed_as_bigbench_does(tmp_path):
+  plain = {"examples": GENERATIVE["examples"]}  # neither stop_string nor output_regex
+  bigbench.register_bigbench_task("bb_test_plain", _write(tmp_path, "p", plain), VOCAB)
+  post = seqio.get_mixture_or_task("bb_test_plain_gen").postprocess_fn
+  assert post(b"4. Then 5? yes") == "4"
+  assert post(b"\nfour") == "four"
+  assert post(b"") == ""
+  stop = bigbench.prediction_postprocessor
+  # Only a stop string after the start cuts (BIG-bench's find(...) > 0): never to "".
+  assert stop("\n4\nQ: more", stop_string="\n") == "\n4\nQ: more"
+  assert stop("9 + 1 = 10.", stop_string=".") == "9 + 1 = 10."
+  with pytest.raises(ValueError, match="non-capturing"):
+    stop("a b", output_regex=r"(a) (b)")
+  bigbench.register_bigbench_task("bb_test_raw", _write(tmp_path, "r", plain), VOCAB,
+                                  output_regex="")
+  assert seqio.get_mixture_or_task("bb_test_raw_gen").postprocess_fn(b"4. Then") == "4. Then"
+
+
+def test_example_limit_counts_examples_and_keeps_all_their_options(tmp_path):
+  from instruct_jax.data import templates
+  bigbench.register_bigbench_task("bb_test_mc", _write(tmp_path, "m", MULTIPLE_CHOICE), VOCAB)
+  converter = seqio.EncDecFeatureConverter(pack=False)
+  with templates.rank_classification_example_limit(2):
+    evaluator = seqio.Evaluator("bb_test_mc_mc", converter, eval_split="all",
+                                async_compute_metrics=False)
+  rows = list(evaluator.cached_task_datasets["bb_test_mc_mc"].as_numpy_iterator())
+  assert len(rows) == 2 + 3  # both examples whole, the third left out
+  assert len({int(r["example_id"]) for r in rows}) == 2
+
+  def score_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    return [(i, 0.0 if VOCAB.decode(f["decoder_target_tokens"].tolist()) == "right" else -3.0)
+            for i, f in dataset.as_numpy_iterator()]
+
+  future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=None, score_fn=score_fn)
+  result = future.result()["bb_test_mc_mc"]
+  assert result["num_examples"] == 2 and result["accuracy"] == 100
+  with pytest.raises(ValueError, match="must be positive"):
+    with templates.rank_classification_example_limit(-1):
+      pass

@@ -10,7 +10,8 @@ import gin
 import pytest
 
 from instruct_jax import cli
-
+from instruct_jax import errors
+from instruct_jax.checkpoints import layout
 from instruct_jax.cli import gin_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,8 +74,9 @@ def test_sigterm_saves_and_the_next_run_resumes(tmp_path):
   assert _train_records(model_dir), "training never logged a step"
   process.send_signal(signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=300)
-  assert process.returncode == 0, stderr[-3000:]
+  assert process.returncode == errors.EXIT_STOPPED == 75, stderr[-3000:]
   assert "Stopped by SIGTERM" in stdout
+  assert "Run the same command again to resume." in stdout
   saved = [int(p.split("_")[1]) for p in os.listdir(model_dir) if p.startswith("checkpoint_")]
   assert len(saved) == 1 and saved[0] >= 5
   stopped_at = saved[0]
@@ -87,6 +89,44 @@ def test_sigterm_saves_and_the_next_run_resumes(tmp_path):
   resumed_steps = [r["step"] for r in _train_records(model_dir) if r["step"] > stopped_at]
   assert resumed_steps == list(range(stopped_at + 1, stopped_at + 6))
   assert os.path.isdir(model_dir / f"checkpoint_{stopped_at + 5}")
+
+
+@pytest.mark.slow
+def test_relaunching_a_finished_run_exits_0(tmp_path):
+  model_dir = tmp_path / "run"
+  command = _smoke_command(model_dir, "--gin.TRAIN_STEPS=2", "--gin.LOG_PERIOD=1",
+                           "--gin.EVAL_PERIOD=None")
+  first = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+  assert first.returncode == 0, first.stderr[-3000:]
+  logged = _train_records(model_dir)
+  again = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _train_records(model_dir) == logged  # Nothing trained twice.
+  assert layout.read_run_status(str(model_dir)).finished
+
+
+@pytest.mark.slow
+def test_force_takes_over_a_held_lease(tmp_path, capsys):
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  now = time.time()
+  (model_dir / layout.LEASE_FILE).write_text(json.dumps(
+      {"owner": "another-trainer", "host": "elsewhere", "pid": 1, "started": now,
+       "heartbeat": now}))
+  argv = ["train", "--gin_file=runs/smoke.gin", f"--gin.MODEL_DIR='{model_dir}'",
+          "--gin.TRAIN_STEPS=2", "--gin.EVAL_PERIOD=None"]
+  err = _run_main(argv, capsys)
+  assert "in use by another training run" in err and "--force" in err
+  assert not any(p.startswith("checkpoint_") for p in os.listdir(model_dir))
+
+  result = subprocess.run([sys.executable, "-m", "instruct_jax", *argv, "--force"], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.isdir(model_dir / "checkpoint_2")
+  lease = model_dir / layout.LEASE_FILE
+  assert not lease.exists() or "another-trainer" not in lease.read_text()
 
 
 def _run_main(argv, capsys):
@@ -126,6 +166,24 @@ def test_unknown_task_lists_close_names(capsys, tmp_path):
   err = _run_main(["train", "--gin_file=runs/smoke.gin", f"--gin.MODEL_DIR='{tmp_path}'",
                    "--gin.MIXTURE_OR_TASK_NAME='smoke_trian'"], capsys)
   assert "smoke_trian" in err and "smoke_train" in err
+
+
+def test_run_stopped_exits_75_with_its_message(monkeypatch, capsys):
+  def stopped(argv):
+    del argv
+    raise errors.RunStopped("Stopped by SIGTERM at step 7; checkpoint saved in /r. Run the "
+                            "same command again to resume.")
+  monkeypatch.setattr(cli, "run_command", stopped)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["train"])
+  assert exit_info.value.code == errors.EXIT_STOPPED
+  assert "Stopped by SIGTERM at step 7" in capsys.readouterr().out
+
+
+def test_train_accepts_force():
+  args = cli.build_parser("train").parse_args(["train", "--gin_file=f.gin", "--force"])
+  assert args.force
+  assert not cli.build_parser("train").parse_args(["train"]).force
 
 
 def test_gin_binding_flag_parsing():

@@ -151,3 +151,166 @@ def test_infer_predicts_and_scores_a_file(tmp_path, clean_gin, tiny_checkpoint, 
            "decoder_loss_weights": (targets > 0).astype(np.int32)}
   expected = jax.jit(model.score_batch)(params, batch)
   np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-3)
+
+
+# --- robustness: encodings, huge lines, unwritable outputs, streaming and --resume ----
+
+
+def test_non_utf8_line_is_a_bad_line(tmp_path):
+  path = tmp_path / "in.jsonl"
+  path.write_bytes(b'{"inputs": "fine"}\n{"inputs": "caf\xe9"}\n{"inputs": "also fine"}\n')
+  with pytest.raises(inference.BadInputLineError) as error:
+    inference.read_records(str(path))
+  message = str(error.value)
+  assert f"{path}:2: not valid UTF-8" in message and "--skip_bad_lines" in message
+  records, problems = inference.read_records(str(path), skip_bad_lines=True)
+  assert [r.line_number for r in records] == [1, 3]
+  assert [p.split(": ")[0] for p in problems] == [f"{path}:2"]
+
+
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path):
+  path = tmp_path / "in.tsv"
+  path.write_bytes("\ufeffcafé\tx\r\nsecond\ty\r\n".encode("utf-8"))
+  records, _ = inference.read_records(str(path), mode="score")
+  assert [r.fields for r in records] == [{"inputs": "café", "targets": "x"},
+                                         {"inputs": "second", "targets": "y"}]
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b'{"inputs": "a"}\n\x00\x01\x02\x03binary\n', "looks binary"),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "gzip-compressed"),
+    ('{"inputs": "a"}\n'.encode("utf-16"), "UTF-16"),
+])
+def test_binary_file_is_refused_even_when_skipping(tmp_path, content, kind):
+  path = tmp_path / "in.jsonl"
+  path.write_bytes(content)
+  for skip in (False, True):
+    with pytest.raises(inference.UsageError, match=kind) as error:
+      inference.read_records(str(path), skip_bad_lines=skip)
+    assert str(path) in str(error.value) and "--input_file" in str(error.value)
+
+
+def test_infer_command_reports_non_utf8_without_traceback(tmp_path, clean_gin, tiny_checkpoint,
+                                                         capsys):
+  path = tmp_path / "in.jsonl"
+  path.write_bytes(b'{"inputs": "ok"}\n\xff\xfe\xfd\n')
+  with pytest.raises(SystemExit):
+    _infer(tiny_checkpoint[2], str(path), str(tmp_path / "out.jsonl"))
+  error = capsys.readouterr().err
+  assert f"{path}:2: not valid UTF-8" in error and "Traceback" not in error
+
+
+def _record_lengths(monkeypatch):
+  """The feature lengths infer_file builds its model dataset with."""
+  seen = []
+  model_dataset = inference._model_dataset
+
+  def recording(model, tokens, lengths):
+    seen.append(dict(lengths))
+    return model_dataset(model, tokens, lengths)
+
+  monkeypatch.setattr(inference, "_model_dataset", recording)
+  return seen
+
+
+def test_huge_line_is_capped_when_lengths_are_measured(tmp_path, clean_gin, tiny_checkpoint,
+                                                       monkeypatch, caplog):
+  assert inference.DEFAULT_MAX_INPUT_LENGTH == inference.DEFAULT_MAX_TARGET_LENGTH == 2048
+  huge = "x" * 1_000_000
+  path = _write(tmp_path, "in.jsonl", [json.dumps({"inputs": huge, "targets": huge}),
+                                       json.dumps({"inputs": "short", "targets": "s"})])
+  lengths = _record_lengths(monkeypatch)
+  out = tmp_path / "out.jsonl"
+  _infer(tiny_checkpoint[2], path, str(out), "--mode=score",
+         "--gin.inference.infer_file.max_input_length=64",
+         "--gin.inference.infer_file.max_target_length=32")
+  assert lengths == [{"inputs": 64, "targets": 32}]
+  scores = [json.loads(line)["score"] for line in out.read_text().splitlines()]
+  assert len(scores) == 2 and all(np.isfinite(scores))
+  assert "1 example(s) were cut to" in caplog.text and "lines 1)" in caplog.text
+
+
+@pytest.mark.parametrize("make_output", [
+    lambda tmp: tmp / "a_file" / "out.jsonl",  # Its "directory" is a file.
+    lambda tmp: tmp,                           # A directory.
+], ids=["parent_is_a_file", "directory"])
+def test_unwritable_output_fails_before_any_work(tmp_path, clean_gin, tiny_checkpoint,
+                                                 monkeypatch, capsys, make_output):
+  (tmp_path / "a_file").write_text("not a directory")
+  output = make_output(tmp_path)
+  path = _write(tmp_path, "in.jsonl", [GOOD[0]])
+
+  def no_work(*args, **kwargs):
+    raise AssertionError("the checkpoint was loaded for an output that cannot be written")
+
+  monkeypatch.setattr(inference.session_lib, "EvalSession", no_work)
+  with pytest.raises(SystemExit):
+    _infer(tiny_checkpoint[2], path, str(output))
+  error = capsys.readouterr().err
+  assert f"--output_file={output}" in error and "writable" in error
+  assert "Traceback" not in error
+
+
+def _crash_on_batch(monkeypatch, crash_at):
+  """Makes the runner fail like a preempted job when decoding its `crash_at`-th batch."""
+  predict_batches = inference.runner_lib.ModelRunner.predict_batches
+
+  def crashing(self, *args, **kwargs):
+    for number, results in enumerate(predict_batches(self, *args, **kwargs), start=1):
+      if number == crash_at:
+        raise RuntimeError("simulated crash")
+      yield results
+
+  monkeypatch.setattr(inference.runner_lib.ModelRunner, "predict_batches", crashing)
+
+
+def test_results_stream_and_resume_continues(tmp_path, clean_gin, tiny_checkpoint, monkeypatch,
+                                            capsys):
+  model_dir = tiny_checkpoint[2]
+  # Batches of 8 (the tests' data-parallel size): 8, 8 and 4 examples.
+  lines = [json.dumps({"inputs": f"Question {i}?", "row": i}) for i in range(20)]
+  path = _write(tmp_path, "in.jsonl", lines)
+  flags = ("--gin.BATCH_SIZE=8", "--gin.MAX_DECODE_LENGTH=4")
+  reference = tmp_path / "reference.jsonl"
+  _infer(model_dir, path, str(reference), *flags)
+  expected = reference.read_text().splitlines()
+  assert [json.loads(line)["row"] for line in expected] == list(range(20))
+
+  out = tmp_path / "out.jsonl"
+  with monkeypatch.context() as patch:
+    _crash_on_batch(patch, crash_at=3)
+    gin.clear_config()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+      _infer(model_dir, path, str(out), *flags)
+  # The two batches computed before the crash are on disk, in input order.
+  assert out.read_text().splitlines() == expected[:16]
+
+  # A crash in the middle of a line: that line is dropped and recomputed.
+  out.write_text("\n".join(expected[:10]) + "\n" + expected[10][:10])
+  capsys.readouterr()
+  gin.clear_config()
+  _infer(model_dir, path, str(out), *flags, "--resume")
+  assert out.read_text().splitlines() == expected
+  assert "Resumed after 10 result(s)" in capsys.readouterr().out
+
+  # Everything done: nothing is recomputed.
+  gin.clear_config()
+  _infer(model_dir, path, str(out), *flags, "--resume")
+  assert out.read_text().splitlines() == expected
+  assert "Resumed after 20 result(s)" in capsys.readouterr().out
+
+
+def test_resume_refuses_another_inputs_output(tmp_path, clean_gin, tiny_checkpoint, capsys):
+  path = _write(tmp_path, "in.tsv", ["first\tone", "second\ttwo"])
+  out = _write(tmp_path, "out.tsv", ["other\tone\t-1.5"])
+  with pytest.raises(SystemExit):
+    _infer(tiny_checkpoint[2], path, out, "--mode=score", "--resume")
+  error = capsys.readouterr().err
+  assert "line 1 of" in error and "Drop --resume" in error and "Traceback" not in error
+  assert (tmp_path / "out.tsv").read_text() == "other\tone\t-1.5\n"
+
+
+def test_tsv_output_keeps_one_line_per_result(tmp_path):
+  record = inference.InputRecord(1, {"inputs": "a\tb\nc", "targets": "t"})
+  line = inference._output_line(record, {"prediction": "p\nq", "score": -1.0}, as_tsv=True)
+  assert line == "a b c\tt\tp q\t-1\n"

@@ -17,8 +17,10 @@ import seqio
 import tensorflow_datasets as tfds
 
 from instruct_jax import cli
+from instruct_jax import errors
 from instruct_jax.checkpoints import layout
 from instruct_jax.cli import gin_setup
+from instruct_jax.cli import sweep as sweep_cli
 from instruct_jax.experiments import holdout_sweep as sweep
 from tasks_registry import flan
 from tasks_registry import registration
@@ -247,6 +249,55 @@ def test_sigterm_during_a_run_lets_it_finish_then_stops_the_sweep(tmp_path):
   assert [c[0] for c in fake.calls] == ["train"]
   assert any("waiting for the current run" in m for m in messages)
   assert signal.getsignal(signal.SIGTERM) is handler  # Restored.
+
+
+def test_an_interrupted_run_stops_the_sweep_even_without_run_json(tmp_path):
+  """Exit status 75 (StepInterruptedError) alone stops the sweep: no eval, no next cluster."""
+  config = sweep.SweepConfig(str(tmp_path), RECIPE, clusters=("sentiment", "nli"))
+  calls = []
+
+  def launcher(argv):
+    calls.append(argv[0])
+    raise sweep.StepInterruptedError("exit status 75: stopped by a signal after saving a "
+                                     "checkpoint")
+
+  messages = []
+  with pytest.raises(sweep.SweepInterruptedError,
+                     match=r"train run of held-out cluster sentiment was stopped.*Rerun the "
+                           r"same command to resume"):
+    sweep.run_sweep(config, launcher, say=messages.append)
+  assert calls == ["train"]
+  assert not any("FAILED" in m for m in messages)
+  assert not (tmp_path / "sweep_report.json").exists()
+
+
+def test_exit_status_maps_to_the_launcher_error():
+  assert sweep.step_error(0, ["noise"]) is None
+  stopped = sweep.step_error(75, ["Traceback", "ValueError: not this"])
+  assert type(stopped) is sweep.StepInterruptedError and "exit status 75" in str(stopped)
+  failed = sweep.step_error(1, ["x", "instruct-jax: error: bad flag; fix it", "y"])
+  assert type(failed) is sweep.StepFailedError
+  assert str(failed) == "exit status 1: bad flag; fix it"
+  assert type(sweep.step_error(-9, [])) is sweep.StepFailedError  # Killed: a failure.
+
+
+def test_subprocess_launcher_raises_interrupted_on_exit_status_75(tmp_path, monkeypatch):
+  fake_python = tmp_path / "python"
+  fake_python.write_text("#!/bin/sh\necho 'Stopped by SIGTERM at step 3' >&2\nexit 75\n")
+  fake_python.chmod(0o755)
+  monkeypatch.setattr(sys, "executable", str(fake_python))
+  with pytest.raises(sweep.StepInterruptedError, match="exit status 75"):
+    sweep.run_subprocess(["train"])
+
+
+def test_in_process_launcher_maps_run_stopped_to_interrupted(monkeypatch):
+  def stopped(argv, join_job):
+    del argv, join_job
+    raise errors.RunStopped("Stopped by SIGTERM at step 3; checkpoint saved in /r. Run the "
+                            "same command again to resume.")
+  monkeypatch.setattr(cli, "run_command", stopped)
+  with pytest.raises(sweep.StepInterruptedError, match="Stopped by SIGTERM at step 3"):
+    sweep_cli.run_in_process(["train"])
 
 
 def test_subprocess_launcher_reports_the_cli_error():

@@ -94,6 +94,7 @@ os.replace(os.path.join(os.environ["RECORD_DIR"], name + ".tmp"),
            os.path.join(os.environ["RECORD_DIR"], name))
 if os.environ.get("FAKE_TRAINER_SLEEP"):
   time.sleep(float(os.environ["FAKE_TRAINER_SLEEP"]))
+sys.exit(int(os.environ.get("FAKE_TRAINER_EXIT", "0")))
 """
 
 
@@ -242,10 +243,11 @@ def test_install_needs_exactly_one_source():
 
 
 def launched_argv(remote):
-  """The argv between `setsid nohup` and the log redirection of a launch line."""
+  """The argv the status-recording `sh -c WRAPPER NAME` runs in a launch line."""
   words = shell_words(remote)
   start = words.index("nohup", words.index("setsid")) + 1
-  return words[start:words.index(">>", start)]
+  assert words[start:start + 2] == ["sh", "-c"], words[start:]
+  return words[start + 4:words.index(">>", start)]
 
 
 def test_train_runs_exact_argv_on_all_workers_then_follows_worker_0():
@@ -361,6 +363,8 @@ def fake_gcloud(tmp_path, monkeypatch):
 import json, os, sys
 with open(os.environ["GCLOUD_RECORD"], "a") as f:
   f.write(json.dumps(sys.argv[1:]) + "\\n")
+if any("tail" in a for a in sys.argv) and os.environ.get("FOLLOW_EXIT"):
+  sys.exit(int(os.environ["FOLLOW_EXIT"]))  # following the log ends with the trainer's status
 sys.exit(1 if sys.argv[4] in os.environ.get("FAIL_VERBS", "").split(",") else 0)
 """)
   record = tmp_path / "gcloud.jsonl"
@@ -393,6 +397,24 @@ def test_running_stops_at_a_failed_step_but_not_at_a_failed_recreate_delete(
   monkeypatch.setenv("FAIL_VERBS", "create")
   assert tpu_pod.main(argv[:3] + argv[4:]) == 1
   assert [c[4] for c in fake_gcloud()][5:] == ["create"]
+
+
+def test_exit_status_75_is_reported_as_resumable_not_as_a_failure(fake_gcloud, monkeypatch,
+                                                                  capsys):
+  assert train_flags.EXIT_STOPPED == 75
+  errors = pytest.importorskip("instruct_jax.errors")
+  assert train_flags.EXIT_STOPPED == errors.EXIT_STOPPED
+  monkeypatch.setenv("FOLLOW_EXIT", "75")
+  assert tpu_pod.main(["train", *WHERE, "--", *TRAIN_ARGS]) == 75
+  err = capsys.readouterr().err
+  assert "stopped by SIGTERM" in err and "again to resume" in err
+  assert "Step failed" not in err
+  assert tpu_pod.main(["logs", *WHERE]) == 75
+  assert "again to resume" in capsys.readouterr().err
+  monkeypatch.setenv("FOLLOW_EXIT", "1")  # A trainer that failed is still a failure.
+  assert tpu_pod.main(["train", *WHERE, "--", *TRAIN_ARGS]) == 1
+  err = capsys.readouterr().err
+  assert "Step failed with exit code 1" in err and "resume" not in err
 
 
 def test_fetch_logs_creates_the_directory_gcloud_requires(fake_gcloud, tmp_path):
@@ -481,9 +503,10 @@ def test_remote_launch_runs_the_exact_argv_detached_and_logs_stop_work(shell, wo
                     worker_home).returncode == 0
   wait_for(lambda: not is_alive(pid), "the trainer to stop")
 
-  # Once the trainer is gone, following its log prints the log and returns.
+  # Once the trainer is gone, following its log prints the log and returns the trainer's
+  # status: 128 + SIGTERM, as this fake has no handler (the real one checkpoints, exits 75).
   follow = run_remote(shell, flag(tpu_pod.follow_log_command(tpu), "--command"), worker_home)
-  assert follow.returncode == 0
+  assert follow.returncode == 128 + signal.SIGTERM
   assert "launching on" in follow.stdout and "trainer started" in follow.stdout
   fetch = run_remote(shell, flag(tpu_pod.fetch_logs_command(tpu, "d"), "--command"), worker_home)
   assert "trainer started" in fetch.stdout
@@ -493,6 +516,46 @@ def test_remote_launch_runs_the_exact_argv_detached_and_logs_stop_work(shell, wo
   wait_for(lambda: (worker_home / "argv.json").exists(), "the relaunched trainer")
   wait_for(lambda: (worker_home / "instruct_jax_train.log").read_text().count("launching on") == 2,
            "the second launch header")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_following_the_log_exits_with_the_trainers_status(shell, worker_home):
+  """Stopped after checkpointing (75), also by `stop`'s SIGTERM to the group, comes back."""
+  tpu = tpu_pod.Tpu("t", "z")
+  launch = flag(tpu_pod.train_command(tpu, TRAIN_ARGS), "--command")
+  follow = flag(tpu_pod.follow_log_command(tpu), "--command")
+  pid_file, status_file = worker_home / "instruct_jax_train.pid", worker_home / "instruct_jax_train.status"
+
+  assert run_remote(shell, launch, worker_home, FAKE_TRAINER_EXIT="75").returncode == 0
+  pid = int(pid_file.read_text())
+  wait_for(lambda: not is_alive(pid), "the trainer to exit")
+  result = run_remote(shell, follow, worker_home)
+  assert result.returncode == 75, result.stderr
+  assert "exited with status 75" in result.stdout and "trainer started" in result.stdout
+
+  # A trainer that handles SIGTERM (checkpoint, exit 75) while the wrapper survives `stop`.
+  handler = worker_home / "instruct_jax_venv" / "bin" / "instruct-jax"
+  handler.write_text(f"#!{sys.executable}\n" + """\
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(75))
+open("ready", "w").close()
+time.sleep(60)
+""")
+  assert run_remote(shell, launch, worker_home).returncode == 0
+  assert not status_file.exists()  # The old status is cleared at launch.
+  wait_for(lambda: (worker_home / "ready").exists(), "the trainer to install its handler")
+  pid = int(pid_file.read_text())
+  assert run_remote(shell, flag(tpu_pod.stop_command(tpu), "--command"),
+                    worker_home).returncode == 0
+  wait_for(lambda: not is_alive(pid), "the trainer to stop")
+  assert status_file.read_text().strip() == "75"
+  assert run_remote(shell, follow, worker_home).returncode == 75
+
+  write_program(handler, FAKE_TRAINER)  # A finished run: 0.
+  assert run_remote(shell, launch, worker_home).returncode == 0
+  pid = int(pid_file.read_text())
+  wait_for(lambda: not is_alive(pid), "the trainer to finish")
+  assert run_remote(shell, follow, worker_home).returncode == 0
 
 
 @pytest.mark.parametrize("from_tarball", [True, False])
@@ -635,7 +698,11 @@ for node in range(nodes):
 sys.exit(max(p.wait() for p in procs))
 """
 FAKE_SCONTROL = """\
-import sys
+import os, sys
+if sys.argv[1] == "requeue":
+  with open(os.path.join(os.environ["RECORD_DIR"], "requeued"), "w") as f:
+    f.write(" ".join(sys.argv[2:]))
+  sys.exit(int(os.environ.get("FAKE_REQUEUE_EXIT", "0")))
 assert sys.argv[1:] == ["show", "hostnames", "node[7-8]"], sys.argv
 print("localhost")
 for i in range(20000):  # a big allocation: more output than a pipe buffer holds
@@ -685,6 +752,25 @@ def test_per_gpu_device_ids_can_be_overridden_for_clusters_that_bind_gpus(tmp_pa
   for rank in range(2):
     record = json.loads((tmp_path / f"argv{rank}.json").read_text())
     assert record["env"]["JAX_LOCAL_DEVICE_IDS"] == "0"
+
+
+def test_batch_script_requeues_a_stopped_run_and_passes_other_statuses_on(tmp_path):
+  job = slurm_gpu.SlurmJob(nodes=2, gpus_per_node=1)
+  stopped = run_batch_script(tmp_path, job, ["--gin.MODEL_DIR='/r'"], {"FAKE_TRAINER_EXIT": "75"})
+  assert stopped.returncode == 0, stopped.stderr
+  assert (tmp_path / "requeued").read_text() == "1234"
+  assert "requeued job 1234" in stopped.stdout
+
+  (tmp_path / "requeued").unlink()
+  failed = run_batch_script(tmp_path, job, ["--gin.MODEL_DIR='/r'"], {"FAKE_TRAINER_EXIT": "3"})
+  assert failed.returncode == 3 and not (tmp_path / "requeued").exists()
+  finished = run_batch_script(tmp_path, job, ["--gin.MODEL_DIR='/r'"])
+  assert finished.returncode == 0 and not (tmp_path / "requeued").exists()
+
+  refused = run_batch_script(tmp_path, job, ["--gin.MODEL_DIR='/r'"],
+                             {"FAKE_TRAINER_EXIT": "75", "FAKE_REQUEUE_EXIT": "1"})
+  assert refused.returncode == 75
+  assert "could not be requeued" in refused.stderr and "sbatch" in refused.stderr
 
 
 def test_default_xla_flags_exist_in_the_installed_jaxlib():

@@ -1,17 +1,23 @@
-"""The training loop through its Python API: resume exactness, microbatches, NaN handling."""
+"""The training loop through its Python API: resume exactness, microbatches, NaN handling,
+the MODEL_DIR lease, save failures, signal stops, metrics after a kill, collapse detection."""
 import json
 import os
+import shutil
 import signal
 
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 import tasks_registry  # noqa: F401  (registers the smoke tasks)
 from instruct_jax.data import pipeline
 from instruct_jax.checkpoints import layout
+from instruct_jax.checkpoints import lease as lease_lib
 from instruct_jax.checkpoints import run_checkpointer
+from instruct_jax.errors import RunStopped
+from instruct_jax.train import metrics_writer
 from instruct_jax.train import partitioning
 from instruct_jax.train import trainer as trainer_lib
 import factories
@@ -26,9 +32,9 @@ def _dataset_cfg(**overrides):
   return pipeline.DatasetConfig(**fields)
 
 
-def _train(model_dir, total_steps, optimizer=None, save_period=3, **kwargs):
+def _train(model_dir, total_steps, optimizer=None, save_period=3, model=None, **kwargs):
   return trainer_lib.train(
-      model=factories.tiny_t5(dropout_rate=0.1),
+      model=model or factories.tiny_t5(dropout_rate=0.1),
       train_dataset_cfg=_dataset_cfg(),
       optimizer=optimizer or optax.adafactor(1e-2),
       model_dir=str(model_dir),
@@ -109,7 +115,9 @@ def test_run_status_running_then_stopped_then_finished(tmp_path):
       os.kill(os.getpid(), signal.SIGTERM)  # as a preemption would
     return {}
 
-  _train(tmp_path, total_steps=4, eval_period=1, infer_eval_fn=sigterm_at_step_2)
+  with pytest.raises(RunStopped, match=r"^Stopped by SIGTERM at step 2; checkpoint saved in "
+                     r".*Run the same command again to resume\.$"):
+    _train(tmp_path, total_steps=4, eval_period=1, infer_eval_fn=sigterm_at_step_2)
   assert [(s.status, s.last_step, s.total_steps) for s in seen] == [
       (layout.RUNNING, 0, 4), (layout.RUNNING, 0, 4)]
   stopped = layout.read_run_status(str(tmp_path))
@@ -146,3 +154,121 @@ def test_initial_checkpoint_params_then_resume_precedence(tmp_path):
   resumed = _train(tmp_path / "finetune", total_steps=4,
                    initial_checkpoint_path=str(tmp_path / "pretrained"))
   assert int(resumed.step) == 4
+
+
+def _logged_steps(model_dir):
+  return [json.loads(line)["step"] for line in open(os.path.join(model_dir, "metrics.jsonl"))
+          if "loss" in line]
+
+
+def test_second_trainer_on_a_model_dir_is_refused_unless_it_takes_over(tmp_path):
+  holder = lease_lib.RunLease(str(tmp_path))  # the live trainer already writing tmp_path
+  holder.acquire()
+  run_json = layout.write_run_status(str(tmp_path), layout.RunStatus(
+      total_steps=100, last_step=0, status=layout.RUNNING, time=1.0))
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text('{"step": 1, "loss": 3.0}\n')
+  before = (open(run_json).read(), metrics.read_text())
+
+  with pytest.raises(lease_lib.LeaseHeldError, match="in use by another training run"):
+    _train(tmp_path, total_steps=2)
+  assert (open(run_json).read(), metrics.read_text()) == before
+  assert layout.checkpoint_dirs(str(tmp_path)) == []
+
+  state = _train(tmp_path, total_steps=2, take_over_lease=True)
+  assert int(state.step) == 2
+  assert layout.read_run_status(str(tmp_path)).finished
+  assert not os.path.exists(tmp_path / layout.LEASE_FILE)  # released on the way out
+  holder.release()
+
+
+def test_failed_background_save_stops_the_run_at_the_next_step(tmp_path, monkeypatch):
+  def full_disk(self):
+    del self
+    raise OSError(28, "No space left on device")
+  # The async commit of every save fails in orbax's finalize thread, as a full disk would.
+  monkeypatch.setattr(ocp.CheckpointManager, "_wait_for_checkpointers", full_disk)
+
+  with pytest.raises(run_checkpointer.CheckpointSaveError, match="step 3.*No space left"):
+    _train(tmp_path, total_steps=8, save_period=3)
+  # Noticed at the step after the save (4; 5 at worst if the thread is slow), not at the
+  # next save (6), which would have trained a whole save period for nothing.
+  assert max(_logged_steps(tmp_path)) <= 4
+  status = layout.read_run_status(str(tmp_path))
+  assert status.status == layout.FAILED and status.error.startswith("CheckpointSaveError")
+
+
+def test_metrics_have_one_row_per_step_after_a_kill_and_resume(tmp_path):
+  _train(tmp_path, total_steps=4, save_period=2)
+  # A kill -9 after step 6 was logged but before checkpoint_4 was committed.
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "loss": 1.0}\n{"step": 6, "loss": 1.0}\n{"step": 7, "lo')
+  shutil.rmtree(tmp_path / "checkpoint_4")
+  _train(tmp_path, total_steps=6, save_period=2)
+  assert _logged_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+  for line in open(tmp_path / "metrics.jsonl"):
+    json.loads(line)  # no line cut short either
+
+
+def test_drop_rows_after_keeps_the_file_when_nothing_is_dropped(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "eval/x/loss": 1.0}\n')
+  assert metrics_writer.drop_rows_after(str(path), 2) == 0
+  assert metrics_writer.drop_rows_after(str(path), 1) == 1
+  assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
+  assert metrics_writer.drop_rows_after(str(tmp_path / "missing.jsonl"), 0) == 0
+
+
+def test_zero_gradient_collapse_stops_without_saving_the_collapsed_state(tmp_path):
+  # Adam's first update of size ~1e6 saturates the tiny model: every later gradient is 0.0
+  # while the loss no longer moves (no NaN, so the finite check does not fire).
+  with pytest.raises(trainer_lib.DivergenceError, match=r"exactly 0\.0 for 3 logged steps"):
+    _train(tmp_path, total_steps=20, optimizer=optax.adam(1e6), save_period=1,
+           zero_grad_patience=3)
+  steps = _logged_steps(tmp_path)
+  grad_norms = [json.loads(line)["grad_norm"] for line in open(tmp_path / "metrics.jsonl")]
+  first_zero = steps[grad_norms.index(0.0)]
+  assert steps[-1] == first_zero + 2 and all(g == 0.0 for g in grad_norms[-3:])
+  assert all(step < first_zero for step, _ in layout.checkpoint_dirs(str(tmp_path)))
+  status = layout.read_run_status(str(tmp_path))
+  assert status.status == layout.FAILED and status.error.startswith("DivergenceError")
+
+
+def test_config_is_recorded_only_after_a_successful_start(tmp_path):
+  _train(tmp_path, total_steps=2, run_config="# launch 1\n")
+  assert (tmp_path / "config.gin").read_text() == "# launch 1\n"
+
+  with pytest.raises(ValueError, match="does not match"):  # another model: fails validation
+    _train(tmp_path, total_steps=4, model=factories.tiny_t5(num_decoder_layers=1),
+           run_config="# launch 2\n")
+  assert (tmp_path / "config.gin").read_text() == "# launch 1\n"
+  assert not os.path.exists(tmp_path / "config-2.gin")
+
+  # Relaunching a finished run does nothing (and records no launch that trained nothing).
+  state = _train(tmp_path, total_steps=2, run_config="# launch 3\n")
+  assert int(state.step) == 2
+  assert layout.read_run_status(str(tmp_path)).finished
+  assert not os.path.exists(tmp_path / "config-2.gin")
+  assert _logged_steps(tmp_path) == [1, 2]
+
+
+def test_lease_refusal_reaches_every_process(tmp_path, monkeypatch):
+  holder = lease_lib.RunLease(str(tmp_path))
+  holder.acquire()
+  sent = []
+
+  def broadcast(buffer):  # process 0's buffer is what every process receives
+    if not sent:
+      sent.append(np.array(buffer))
+    return sent[0]
+
+  monkeypatch.setattr(trainer_lib.multihost_utils, "broadcast_one_to_all", broadcast)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  errors = []
+  for process in (0, 1):
+    monkeypatch.setattr(jax, "process_index", lambda process=process: process)
+    with pytest.raises(lease_lib.LeaseHeldError) as refused:
+      trainer_lib._take_lease(str(tmp_path), take_over=False)  # pylint: disable=protected-access
+    errors.append(str(refused.value))
+  assert errors[0] == errors[1] and "in use by another training run" in errors[0]
+  holder.release()

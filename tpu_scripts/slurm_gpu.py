@@ -16,6 +16,9 @@ Default: write the script (--script) and `sbatch` it. --no_submit only writes it
 prints it and writes nothing. Output of all processes, each line prefixed by its rank,
 goes to LOG_DIR/<job name>-<job id>.out. Submitting the same script again resumes from the
 latest MODEL_DIR/checkpoint_<step> (MODEL_DIR must be on storage every node sees).
+When the trainer exits with status 75 (stopped by SIGTERM after saving a checkpoint: the
+time limit's --term_before_end warning, or preemption), the script requeues its own job
+(`scontrol requeue`), which resumes when SLURM starts it again; `scancel` ends it for good.
 """
 from __future__ import annotations
 
@@ -144,9 +147,24 @@ def sbatch_script(job: SlurmJob, train_args: Sequence[str]) -> str:
   lines += [")", "",
             f'echo "instruct-jax: {job.num_processes} processes, coordinator $COORDINATOR_ADDRESS"',
             "# srun starts the tasks; each appends its own rank to TRAIN_CMD.",
+            "status=0",
             "# shellcheck disable=SC2016  # $SLURM_* expand in each task, not here",
             f"srun --label --kill-on-bad-exit=1 bash -c {shlex.quote(per_task)} "
-            'instruct-jax-task "${TRAIN_CMD[@]}"', ""]
+            'instruct-jax-task "${TRAIN_CMD[@]}" || status=$?',
+            "",
+            f"# {train_flags.EXIT_STOPPED}: stopped by SIGTERM (time limit, preemption) after "
+            "saving a checkpoint;",
+            "# requeued, the job resumes from it. Any other status is the job's.",
+            f'if [ "$status" -eq {train_flags.EXIT_STOPPED} ]; then',
+            '  if scontrol requeue "$SLURM_JOB_ID"; then',
+            '    echo "instruct-jax: stopped after saving a checkpoint; requeued job '
+            '$SLURM_JOB_ID, it resumes when it starts again."',
+            "    exit 0",
+            "  fi",
+            '  echo "instruct-jax: stopped after saving a checkpoint, but job $SLURM_JOB_ID '
+            'could not be requeued; submit the same script again with sbatch to resume." >&2',
+            "fi",
+            'exit "$status"', ""]
   return "\n".join(lines)
 
 

@@ -15,8 +15,12 @@ On each worker (paths relative to the remote home directory):
   instruct_jax_venv/       Python 3.11 virtualenv holding instruct_jax[tpu] (made with uv)
   instruct_jax_train.log   stdout+stderr of every launch, appended
   instruct_jax_train.pid   process group of the running trainer (used by `stop` and `logs`)
+  instruct_jax_train.status  exit status of the last trainer, once it has exited
 Checkpoints go to MODEL_DIR/checkpoint_<step> on gs://; launching the same train command
 again (after a crash, or after recreating a preempted spot VM) resumes from the latest one.
+Following the log (`train`, `up`, `logs`) ends with worker 0's trainer and exits with its
+status: 0 finished, 75 stopped by SIGTERM after saving a checkpoint (preempted, or `stop`:
+run the same `train` / `up` command again to resume; tpu_pod.py exits 75 too), else failed.
 No coordinator flags are passed: on a TPU VM, jax.distributed.initialize() finds the other
 hosts itself, one process per host.
 """
@@ -36,6 +40,7 @@ import train_flags
 VENV = "instruct_jax_venv"
 LOG_FILE = "instruct_jax_train.log"
 PID_FILE = "instruct_jax_train.pid"
+STATUS_FILE = "instruct_jax_train.status"
 REMOTE_TARBALL = "instruct_jax.tar.gz"
 REMOTE_SOURCE_DIR = "instruct_jax_src"
 
@@ -77,10 +82,15 @@ class Tpu:
 
 
 class Step(NamedTuple):
-  """One local command; `may_fail` steps (deleting a VM that may be gone) don't stop the run."""
+  """One local command; `may_fail` steps (deleting a VM that may be gone) don't stop the run.
+
+  `trainer_status` steps exit with the trainer's status, so EXIT_STOPPED there means
+  "stopped after checkpointing, relaunch to resume" rather than a failure.
+  """
   description: str
   argv: list[str]
   may_fail: bool = False
+  trainer_status: bool = False
 
 
 def default_runtime_version(accelerator_type: str) -> str:
@@ -184,15 +194,21 @@ def launch_script(argv: Sequence[str]) -> str:
   """Remote shell line that starts `argv` detached, so closing the ssh session doesn't end it.
 
   setsid gives the trainer its own process group (its pid is the group id `stop` signals);
-  all output is appended to LOG_FILE. A worker that still runs a trainer refuses to start a
-  second one, which would fail anyway because the TPU chips are taken.
+  all output is appended to LOG_FILE. A small sh wrapper, the group leader, writes the
+  trainer's exit status to STATUS_FILE (its `trap :` lets it outlive the SIGTERM of `stop`
+  and record the 75 of a trainer that checkpointed; a trapped signal is reset to the
+  default in the trainer). A worker that still runs a trainer refuses to start a second one, which
+  would fail anyway because the TPU chips are taken.
   """
+  wrapper = f'trap : TERM; "$@"; echo $? > {STATUS_FILE}'
   return (
       f'if [ -f {PID_FILE} ] && kill -0 "$(cat {PID_FILE})" 2>/dev/null; then '
       f"echo \"$(hostname): instruct-jax train is still running (pid $(cat {PID_FILE})); "
       f"stop it first with: tpu_pod.py stop\" >&2; exit 1; fi; "
+      f"rm -f {STATUS_FILE}; "
       f'echo "=== $(date -u) launching on $(hostname)" >> {LOG_FILE}; '
-      f"setsid nohup {train_flags.shell_join(argv)} >> {LOG_FILE} 2>&1 < /dev/null & "
+      f"setsid nohup sh -c {shlex.quote(wrapper)} instruct-jax-train "
+      f"{train_flags.shell_join(argv)} >> {LOG_FILE} 2>&1 < /dev/null & "
       f"echo $! > {PID_FILE}")
 
 
@@ -201,9 +217,15 @@ def train_command(tpu: Tpu, train_args: Sequence[str], env: Sequence[str] = ()) 
 
 
 def follow_log_command(tpu: Tpu, worker: str = "0") -> list[str]:
-  """Streams a worker's log until its trainer exits (Ctrl-C stops following, not training)."""
+  """Streams a worker's log until its trainer exits, then exits with the trainer's status.
+
+  (Ctrl-C stops following, not training.)
+  """
   return tpu.ssh(f"pid=$(cat {PID_FILE} 2>/dev/null); "
-                 f"tail -n 50 -F ${{pid:+--pid=$pid}} {LOG_FILE}", worker)
+                 f"tail -n 50 -F ${{pid:+--pid=$pid}} {LOG_FILE}; "
+                 f"if [ -f {STATUS_FILE} ]; then status=$(cat {STATUS_FILE}); "
+                 f'echo "=== $(hostname): instruct-jax train exited with status $status"; '
+                 f'exit "$status"; fi', worker)
 
 
 def fetch_logs_command(tpu: Tpu, out_dir: str) -> list[str]:
@@ -239,6 +261,11 @@ def run_steps(steps: Sequence[Step], dry_run: bool, out: TextIO = sys.stdout) ->
       print("\nInterrupted. A launched trainer keeps running on the TPU; see it with "
             "`tpu_pod.py logs`, end it with `tpu_pod.py stop`.", file=sys.stderr)
       return 130
+    if returncode == train_flags.EXIT_STOPPED and step.trainer_status:
+      print("instruct-jax train was stopped by SIGTERM (preemption or `tpu_pod.py stop`) "
+            "after saving a checkpoint. Run the same `tpu_pod.py train` command again to "
+            "resume (or `tpu_pod.py up --recreate` if the VM was preempted).", file=sys.stderr)
+      return returncode
     if returncode != 0 and not step.may_fail:
       print(f"Step failed with exit code {returncode}: {step.description}", file=sys.stderr)
       return returncode
@@ -321,14 +348,14 @@ def plan(args: argparse.Namespace, train_args: Sequence[str]) -> list[Step]:
                       train_command(tpu, train_args, args.env)))
     if not args.no_follow:
       steps.append(Step("stream worker 0's log (Ctrl-C stops following, not training)",
-                        follow_log_command(tpu)))
+                        follow_log_command(tpu), trainer_status=True))
   if command == "logs":
     if args.fetch:
       steps.append(Step(f"copy every worker's log into {args.fetch}/",
                         fetch_logs_command(tpu, args.fetch)))
     else:
       steps.append(Step(f"stream the log of worker {args.worker}",
-                        follow_log_command(tpu, args.worker)))
+                        follow_log_command(tpu, args.worker), trainer_status=True))
   if command == "stop":
     steps.append(Step("stop the trainer on every worker", stop_command(tpu)))
   if command == "status":

@@ -15,6 +15,11 @@ from typing import Sequence
 # The launchers set these themselves (SLURM) or let jax detect them (TPU VM).
 DISTRIBUTED_FLAGS = ("--coordinator_address", "--num_processes", "--process_id")
 
+# Exit status of `instruct-jax train` stopped by SIGTERM / SIGINT after saving a checkpoint
+# (instruct_jax.errors.EXIT_STOPPED, copied: the launchers cannot import instruct_jax).
+# Preempted, not failed: running the same command again resumes.
+EXIT_STOPPED = 75
+
 _PATH_PREFIXES = ("gs://", "s3://", "/", "./", "../", "~")
 
 

@@ -3,7 +3,10 @@
     MODEL_DIR/
       checkpoint_<step>/{state,train_ds}/   a finished step (orbax commits it atomically;
                                             unfinished saves carry a tmp suffix)
-      config.gin                            the resolved gin config of the run
+      config.gin, config-<n>.gin            the resolved gin config of each launch (record_config)
+      lease.json                            the single-writer lease of the running trainer
+      corrupt_checkpoints/                  checkpoints that failed to restore, moved aside:
+        checkpoint_<step>[-<n>]             never deleted, never listed as checkpoints
       metrics.jsonl                         training scalars, one JSON object per line
       run.json                              the run's outcome (RunStatus), as data
       inference_eval/                       evaluation results:
@@ -28,6 +31,10 @@ DATA_ITERATOR_ITEM = "train_ds"
 PYTREE_METADATA_FILE = "_METADATA"
 
 CONFIG_FILE = "config.gin"
+LEASE_FILE = "lease.json"
+# Where a checkpoint that failed to restore is moved (never deleted): not a step name, so
+# neither orbax nor checkpoint_dirs lists it.
+CORRUPT_CHECKPOINTS_DIR = "corrupt_checkpoints"
 METRICS_FILE = "metrics.jsonl"
 RUN_STATUS_FILE = "run.json"
 EVAL_SUBDIR = "inference_eval"
@@ -35,6 +42,7 @@ EVAL_SUBDIR = "inference_eval"
 _STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
 _STEP_IN_PATH = re.compile(rf"(?:^|/){STEP_PREFIX}_(\d+)(?:/|$)")
 _METRICS_STEP_FILE = re.compile(r"^metrics_step_(\d+)\.json$")
+_CONFIG_RECORD = re.compile(r"^config(?:-(\d+))?\.gin$")
 
 # RunStatus.status values.
 RUNNING = "running"
@@ -91,6 +99,70 @@ def checkpoint_dirs(model_dir: str) -> list[tuple[int, str]]:
     if step is not None:
       found.append((step, os.path.join(model_dir, name.rstrip("/"))))
   return sorted(found)
+
+
+def set_aside_checkpoint(step_dir: str) -> str:
+  """Moves an unreadable checkpoint_<step> to MODEL_DIR/corrupt_checkpoints; returns where.
+
+  Moved, never deleted: the files may still be worth inspecting or repairing. A
+  second bad copy of the same step gets a "-<n>" suffix, so nothing is overwritten.
+  """
+  step_dir = str(step_dir).rstrip("/")
+  aside = os.path.join(os.path.dirname(step_dir), CORRUPT_CHECKPOINTS_DIR)
+  tf.io.gfile.makedirs(aside)
+  name = os.path.basename(step_dir)
+  target, n = os.path.join(aside, name), 1
+  while tf.io.gfile.exists(target):
+    n += 1
+    target = os.path.join(aside, f"{name}-{n}")
+  tf.io.gfile.rename(step_dir, target, overwrite=False)
+  return target
+
+
+# ---------------------------------------------------------------------------
+# Launch records.
+# ---------------------------------------------------------------------------
+
+
+def _config_records(model_dir: str) -> list[tuple[int, str]]:
+  """(n, path) of config.gin (n=1) and every config-<n>.gin in `model_dir`, oldest first."""
+  if not tf.io.gfile.isdir(model_dir):
+    return []
+  found = []
+  for name in tf.io.gfile.listdir(model_dir):
+    match = _CONFIG_RECORD.match(name)
+    if match:
+      found.append((int(match.group(1) or 1), os.path.join(model_dir, name)))
+  return sorted(found)
+
+
+def record_config(model_dir: str, text: str) -> str:
+  """Records one launch's resolved gin config; returns the path written.
+
+  The first launch writes config.gin, later ones config-2.gin, config-3.gin, ...,
+  so a resumed run with changed flags never erases what the earlier steps were
+  trained with. Written to a temporary name and renamed (never overwriting), so a
+  reader never sees half a file.
+  """
+  tf.io.gfile.makedirs(model_dir)
+  n = max((k for k, _ in _config_records(model_dir)), default=0) + 1
+  name = CONFIG_FILE if n == 1 else f"config-{n}.gin"
+  path = os.path.join(model_dir, name)
+  partial = os.path.join(model_dir, f".{name}.tmp-{os.getpid()}")
+  with tf.io.gfile.GFile(partial, "w") as f:
+    f.write(text)
+  try:
+    tf.io.gfile.rename(partial, path, overwrite=False)
+  except BaseException:
+    tf.io.gfile.remove(partial)
+    raise
+  return path
+
+
+def latest_config(model_dir: str) -> Optional[str]:
+  """Path of the newest launch record (config.gin or config-<n>.gin), or None."""
+  records = _config_records(model_dir)
+  return records[-1][1] if records else None
 
 
 # ---------------------------------------------------------------------------

@@ -14,14 +14,48 @@ and is deleted together with it when `keep` prunes old steps. A step directory
 therefore never holds a TrainState from one step and a data position from another.
 """
 import dataclasses
+import os
+import shutil
 from typing import Any, Optional
 
 from absl import logging
 from etils import epath
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import orbax_trees
+from instruct_jax.errors import ActionableError
+
+
+class CheckpointSaveError(ActionableError):
+  """A checkpoint could not be written (disk full, permissions, lost storage...)."""
+
+
+class CheckpointRestoreError(ActionableError):
+  """No checkpoint in MODEL_DIR could be read back."""
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  """"TypeName: first line of the message" (cut at `limit`), for one-line messages.
+
+  The full traceback goes to the log file at info level; tensorstore messages can be
+  kilobytes long, which would bury the console.
+  """
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ""
+  if len(line) > limit:
+    line = line[:limit] + " ..."
+  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process, so all processes restore the same step."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
 
 # ---------------------------------------------------------------------------
 # Data-iterator state as an orbax item.
@@ -115,8 +149,8 @@ class Checkpointer:
     registry.add(layout.DATA_ITERATOR_ITEM, DataIteratorRestore, iterator_handler)
     self._manager = ocp.CheckpointManager(
         self.model_dir, options=options, handler_registry=registry)
-    self._name_format = ocp.path.step.standard_name_format(step_prefix=layout.STEP_PREFIX)
     self._step_in_flight = None
+    self.restored_step: Optional[int] = None  # the step the last restore() read
 
   def __enter__(self):
     return self
@@ -125,7 +159,10 @@ class Checkpointer:
     self.close()
 
   def latest_step(self) -> Optional[int]:
-    """The newest step that is completely written (a save still in flight does not count)."""
+    """The newest step that is completely written (a save still in flight does not count).
+
+    Names only: a listed step may still fail to restore; restore() then walks back.
+    """
     steps = set(self._manager.all_steps())
     if self._step_in_flight is not None and self._manager.is_saving_in_progress():
       steps.discard(self._step_in_flight)
@@ -152,10 +189,16 @@ class Checkpointer:
     if force and step in self._manager.all_steps():
       logging.info("Checkpoint for step %d already exists; not saving it again.", step)
       return False
+    if not (force or self._manager.should_save(step)):
+      return False
+    self.wait_until_finished()  # as orbax would; raises CheckpointSaveError for the last save
     items = {layout.STATE_ITEM: ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items[layout.DATA_ITERATOR_ITEM] = DataIteratorSave(data_iterator)
-    saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
     if saved:
       self._step_in_flight = step
       logging.info("Saving checkpoint for step %d to %s.", step, self.model_dir)
@@ -168,7 +211,15 @@ class Checkpointer:
     `abstract_state` is a TrainState of jax.ShapeDtypeStruct (e.g. from
     jax.eval_shape) whose `.sharding` says where each array goes, so a checkpoint
     written on one layout restores onto any other. Also moves `data_iterator` to
-    the position saved with that step.
+    the position saved with that same step.
+
+    With `step` None a checkpoint that cannot be read (truncated or missing files,
+    an emptied directory; a crash or a full disk mid-copy) is not fatal: it is
+    moved to MODEL_DIR/corrupt_checkpoints (never deleted), one warning names it,
+    and the next older one is tried, so a run loses at most one save period of
+    work instead of all of it. Which step was restored: int(state.step), or
+    `self.restored_step`. A TrainState that does not match `abstract_state` is a
+    configuration mistake, not corruption, and stays a hard ValueError.
     """
     self.wait_until_finished()
     available = sorted(self._manager.all_steps())
@@ -177,42 +228,190 @@ class Checkpointer:
           f"No finished checkpoint found in {self.model_dir}: expected directories "
           f"named {layout.STEP_PREFIX}_<step> written by Checkpointer.save. Train from "
           "scratch, or point MODEL_DIR at a run that has checkpoints.")
-    if step is None:
+    if step is not None:
+      if int(step) not in available:
+        raise FileNotFoundError(
+            f"No checkpoint for step {step} in {self.model_dir}; available steps: "
+            f"{available}.")
+      state, error = self._try_restore(int(step), abstract_state, data_iterator)
+      if error is not None:
+        raise error
+      return state
+
+    tried = []  # (step_dir, reason, where it was moved)
+    while available:
       step = available[-1]
-    elif int(step) not in available:
-      raise FileNotFoundError(
-          f"No checkpoint for step {step} in {self.model_dir}; available steps: "
-          f"{available}.")
-    step = int(step)
-    step_dir = self._name_format.find_step(self.model_dir, step).path
+      state, error = self._try_restore(step, abstract_state, data_iterator)
+      if error is None:
+        if tried:
+          logging.info("Resumed from %s after setting aside %d unreadable newer "
+                          "checkpoint(s).", self._step_dir(step), len(tried))
+        return state
+      tried.append(self._set_aside(step, error))
+      available = [s for s in self._reload_steps() if s < step]
+    listing = "\n".join(f"  {d}: {reason} (moved to {moved})" for d, reason, moved in tried)
+    raise CheckpointRestoreError(
+        f"No checkpoint in {self.model_dir} could be restored; tried, newest first:\n"
+        f"{listing}\nThe directories were moved aside, not deleted. To go on, start a "
+        "fresh MODEL_DIR (with INITIAL_CHECKPOINT_PATH pointing at a params checkpoint if "
+        "you have one), or move a directory back if it failed for another reason (e.g. "
+        "a different number of processes than the run that saved it).")
 
-    problems = orbax_trees.tree_mismatches(abstract_state, orbax_trees.saved_tree(step_dir / layout.STATE_ITEM))
-    if problems:
-      raise ValueError(
-          f"The TrainState in {step_dir} does not match the model/optimizer being "
-          "restored:\n" + "\n".join(problems) + "\nRestore with the same model and "
-          "optimizer configuration that wrote it, or start a fresh MODEL_DIR and "
-          "use INITIAL_CHECKPOINT_PATH to load only the params.")
+  def _step_dir(self, step: int) -> epath.Path:
+    return self.model_dir / layout.checkpoint_dir_name(step)
 
-    items = {layout.STATE_ITEM: ocp.args.StandardRestore(orbax_trees.with_target_shardings(abstract_state))}
+  def _try_restore(self, step: int, abstract_state: Any,
+                   data_iterator: Any) -> tuple[Any, Optional[BaseException]]:
+    """(state, None) when `step` restores on every process, else (None, the error).
+
+    A tree mismatch is raised, not returned. The state is read before the data
+    iterator, and the iterator's restore overwrites its whole position, so after a
+    failed attempt the next successful one leaves state and iterator at one step.
+    """
+    step_dir = self._step_dir(step)
+    state, error = None, None
+    try:
+      saved = orbax_trees.saved_tree(step_dir / layout.STATE_ITEM)
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+    if error is None:
+      problems = orbax_trees.tree_mismatches(abstract_state, saved)
+      if problems:
+        raise ValueError(
+            f"The TrainState in {step_dir} does not match the model/optimizer being "
+            "restored:\n" + "\n".join(problems) + "\nRestore with the same model and "
+            "optimizer configuration that wrote it, or start a fresh MODEL_DIR and "
+            "use INITIAL_CHECKPOINT_PATH to load only the params.")
+      try:
+        state = self._restore_items(step, step_dir, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+    if not _all_processes_agree(error is None) and error is None:
+      error = RuntimeError("restoring it failed on another process (see that process's log)")
+    if error is not None:
+      return None, error
+    self.restored_step = step
+    logging.info("Restored checkpoint for step %d from %s.", step, step_dir)
+    return state, None
+
+  def _restore_items(self, step: int, step_dir: epath.Path, abstract_state: Any,
+                     data_iterator: Any) -> Any:
+    """Reads the TrainState, then the data position, of one step."""
+    target = orbax_trees.with_target_shardings(abstract_state)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target)}))
     if data_iterator is not None:
       if (step_dir / layout.DATA_ITERATOR_ITEM).exists():
-        items[layout.DATA_ITERATOR_ITEM] = DataIteratorRestore(data_iterator)
+        self._manager.restore(step, args=ocp.args.Composite(
+            **{layout.DATA_ITERATOR_ITEM: DataIteratorRestore(data_iterator)}))
       else:
         logging.warning(
             "Checkpoint %s holds no data-iterator state (it was saved without one); "
-            "the data iterator starts from its beginning, so already-seen examples "
-            "will be seen again.", step_dir)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    logging.info("Restored checkpoint for step %d from %s.", step, step_dir)
+            "the data iterator is not moved, so already-seen examples may be seen "
+            "again.", step_dir)
     return restored[layout.STATE_ITEM]
 
+  def _set_aside(self, step: int, error: BaseException) -> tuple[str, str, str]:
+    """Moves a checkpoint that failed to restore out of the step list; logs why."""
+    step_dir = str(self._step_dir(step))
+    reason = _one_line(error)
+    moved = "not moved"
+    if jax.process_index() == 0:
+      try:
+        moved = layout.set_aside_checkpoint(step_dir)
+      except Exception as e:  # pylint: disable=broad-except
+        moved = f"not moved: {_one_line(e)}"
+    else:
+      moved = os.path.join(str(self.model_dir), layout.CORRUPT_CHECKPOINTS_DIR)
+    logging.warning("Checkpoint %s could not be restored (%s); moved it to %s and trying "
+                    "the previous one.", step_dir, reason, moved)
+    logging.info("Why %s could not be restored:", step_dir, exc_info=error)
+    return step_dir, reason, moved
+
+  def _reload_steps(self) -> list[int]:
+    """orbax's step list re-read from disk (after a directory was moved aside)."""
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("instruct_jax:set_aside_checkpoint")
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError if a background save has failed; cheap, call every step.
+
+    orbax reports a failed async save only when the next save or wait starts;
+    asking every step makes a full disk or a lost bucket stop the run right away
+    instead of training on for a whole save period that can never be saved.
+    """
+    step = self._step_in_flight
+    if step is None or self._manager.is_saving_in_progress():
+      return  # nothing finished since the last check
+    # The save is over, so neither call blocks. orbax's finalize thread consumes the
+    # background error itself and re-raises it from wait_until_finished; calling
+    # check_for_errors while that thread still runs would steal the error from it and
+    # let it finalize (and prune older steps after) a failed save.
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+      self._step_in_flight = None
+    except Exception as e:  # pylint: disable=broad-except
+      self._step_in_flight = None
+      raise self._save_error(step, e) from e
+
+  def check_free_space(self, bytes_needed: int) -> Optional[int]:
+    """Warns when MODEL_DIR's filesystem has less free space than `bytes_needed`.
+
+    Returns the free bytes, or None where that cannot be asked (gs:// and other
+    object stores, which have no fixed size). A checkpoint that does not fit fails
+    in the background after training has moved on, so say so up front.
+    """
+    path = str(self.model_dir)
+    if "://" in path:
+      return None
+    try:
+      free = shutil.disk_usage(path).free
+    except OSError:
+      return None
+    if free < bytes_needed:
+      logging.warning(
+          "Only %.2f GiB free on the filesystem of %s, but one checkpoint needs about "
+          "%.2f GiB: saves will fail. Free some space, lower `keep`, or use another "
+          "MODEL_DIR.", free / 2**30, path, bytes_needed / 2**30)
+    return free
+
+  def _save_error(self, step: Optional[int], cause: BaseException) -> CheckpointSaveError:
+    logging.info("Why the checkpoint save failed:", exc_info=cause)
+    try:
+      # orbax already dropped the steps this save was to prune from its list; they are
+      # still on disk, since pruning happens only after a successful commit.
+      self._manager.reload()
+    except Exception:  # pylint: disable=broad-except
+      logging.info("Could not re-list the steps in %s.", self.model_dir, exc_info=True)
+    last_good = max((s for s in self._manager.all_steps() if s != step), default=None)
+    which = f"checkpoint for step {step}" if step is not None else "a checkpoint"
+    return CheckpointSaveError(
+        f"Saving {which} to {self.model_dir} failed: {_one_line(cause)}. "
+        f"The last good checkpoint is "
+        f"{'step ' + str(last_good) if last_good is not None else 'none (no step was saved)'}"
+        "; what was trained after it is not saved. Fix the cause (free disk space, "
+        "storage permissions or credentials) and run the same command again to resume "
+        "from the last good checkpoint.")
+
   def wait_until_finished(self):
-    """Blocks until a background save is committed; raises if it failed."""
-    self._manager.wait_until_finished()
-    self._step_in_flight = None
+    """Blocks until a background save is committed; raises CheckpointSaveError if it failed."""
+    step = self._step_in_flight
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from e
+    finally:
+      self._step_in_flight = None
 
   def close(self):
-    """Finishes pending writes and releases orbax's threads. Call before exit."""
-    self._manager.close()
-    self._step_in_flight = None
+    """Finishes pending writes and releases orbax's threads. Call before exit.
+
+    Raises CheckpointSaveError if the last save failed (after releasing the threads).
+    """
+    try:
+      self.wait_until_finished()
+    finally:
+      self._manager.close()

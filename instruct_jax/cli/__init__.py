@@ -10,6 +10,14 @@ arguments (or the gin-configured library entry function). Gin files are found
 relative to the current directory, --gin_search_paths, the shipped gin_configs/
 folder and its parent (so both `runs/smoke.gin` and `gin_configs/runs/smoke.gin`
 work). Only the chosen command's module is imported: the others pull in jax.
+
+Exit codes (launch scripts and the sweep act on them):
+  0   the command did what it was asked (train: TRAIN_STEPS reached, now or earlier);
+  75  (errors.EXIT_STOPPED) stopped by SIGTERM / SIGINT after saving a checkpoint, e.g.
+      preempted: run the same command again to resume;
+  1   any error: a configuration problem (the message says the fix), another trainer
+      holding MODEL_DIR, a crash;
+  2   bad command-line flags (argparse).
 """
 import argparse
 import importlib
@@ -17,9 +25,9 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
+from instruct_jax import errors
 from instruct_jax.cli import gin_setup
 from instruct_jax.cli import runtime
-from instruct_jax.errors import ActionableError
 
 # Command name -> module in this package; each module's HELP is the one-line summary.
 COMMANDS = {
@@ -97,10 +105,15 @@ def run_command(argv: Sequence[str], join_job: bool = True) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+  """The console script: runs the command and turns its outcome into an exit code."""
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
     run_command(argv)
-  except ActionableError as e:
+  except errors.RunStopped as e:
+    # Not an error: the checkpoint is saved; a distinct status lets launchers resume.
+    print(e, flush=True)
+    sys.exit(errors.EXIT_STOPPED)
+  except errors.ActionableError as e:
     if "--traceback" in argv:
       traceback.print_exc()
     print(f"instruct-jax: error: {e}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Gin at the command-line edge: bindings from argv, parsing with readable errors, %MODEL.
 
 The library takes explicit arguments; only the commands in this package parse gin
-files, ask gin for configured entry functions and record the resolved config.
+files and ask gin for configured entry functions (the trainer records the
+resolved config it is given).
 """
 import contextlib
 import inspect
@@ -13,7 +14,6 @@ from typing import Any, Callable, Optional, Sequence
 import gin
 
 import gin_configs
-from instruct_jax.checkpoints import layout
 from instruct_jax.errors import UsageError
 
 _REQUIRED_MACRO = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently")
@@ -137,13 +137,3 @@ def build_macro(name: str, hint: str) -> Any:
                       f"gin_setup._configured_macro.value = %{name}"])
   return gin.get_configurable(_configured_macro)()
 
-
-def write_config(model_dir: Optional[str]) -> None:
-  """Saves the resolved gin config to MODEL_DIR/config.gin (process 0 only)."""
-  import jax  # pylint: disable=g-import-not-at-top  # jax starts slowly; only train needs it.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not model_dir or jax.process_index() != 0:
-    return
-  tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(os.path.join(model_dir, layout.CONFIG_FILE), "w") as f:
-    f.write(gin.config_str())

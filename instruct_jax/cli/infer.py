@@ -17,6 +17,9 @@ def add_arguments(parser) -> None:
                       help="auto: TSV for *.tsv, JSON lines otherwise.")
   parser.add_argument("--skip_bad_lines", action="store_true",
                       help="Leave malformed lines out (each is reported) instead of stopping.")
+  parser.add_argument("--resume", action="store_true",
+                      help="Keep the complete results already in --output_file (from a run "
+                           "that stopped) and compute only the examples after them.")
 
 
 def run(args) -> None:
@@ -30,12 +33,18 @@ def run(args) -> None:
   try:
     summary = infer_fn(input_file=args.input_file, output_file=args.output_file,
                        mode=args.mode, skip_bad_lines=args.skip_bad_lines,
-                       input_format=args.input_format)
+                       input_format=args.input_format, resume=args.resume)
   except FileNotFoundError as e:
     raise UsageError(f"{e} Set --gin.CHECKPOINT_PATH to a MODEL_DIR or a checkpoint_<step> "
                      "directory.") from e
   if jax.process_index() == 0:
     skipped = (f", skipped {summary['skipped_lines']} bad line(s)"
                if summary["skipped_lines"] else "")
-    print(f"Wrote {summary['examples']} result(s) to {summary['output_file']}{skipped} in "
-          f"{summary['seconds']:.1f}s.", flush=True)
+    if args.resume:
+      new = summary["examples"] - summary["resumed"]
+      print(f"Resumed after {summary['resumed']} result(s) already in {summary['output_file']} "
+            f"(that many input examples skipped); wrote {new} more{skipped} in "
+            f"{summary['seconds']:.1f}s.", flush=True)
+    else:
+      print(f"Wrote {summary['examples']} result(s) to {summary['output_file']}{skipped} in "
+            f"{summary['seconds']:.1f}s.", flush=True)

@@ -18,6 +18,7 @@ import seqio
 
 from instruct_jax import cli
 from instruct_jax.errors import ActionableError
+from instruct_jax.errors import RunStopped
 from instruct_jax.errors import UsageError
 from instruct_jax.experiments import holdout_sweep
 
@@ -75,11 +76,14 @@ def run_in_process(argv: Sequence[str]) -> None:
   """Runs `instruct-jax ARGV` in this process, gin cleared around it.
 
   For processes that are already part of a multi-process job; the job stays
-  joined (multi-host flags are not repeated).
+  joined (multi-host flags are not repeated). A run stopped by a signal
+  (RunStopped, exit status 75 as a subprocess) stops the sweep, as in run_subprocess.
   """
   gin.clear_config()
   try:
     cli.run_command(argv, join_job=False)
+  except RunStopped as e:
+    raise holdout_sweep.StepInterruptedError(str(e)) from e
   except ActionableError as e:
     raise holdout_sweep.StepFailedError(str(e)) from e
   except SystemExit as e:

@@ -1,18 +1,27 @@
 """`instruct-jax train`: the gin-configured `trainer.train` (gin: runs/*.gin + models/*.gin)."""
+import gin
+
 from instruct_jax.cli import gin_setup
 from instruct_jax.errors import UsageError
 from instruct_jax.train import trainer
 
 
 def add_arguments(parser) -> None:
-  del parser  # Everything is configured through gin.
+  # Everything else is configured through gin.
+  parser.add_argument("--force", action="store_true",
+                      help="Take over MODEL_DIR from another trainer's lease; only when you are "
+                           "sure that run is gone (e.g. its VM was deleted).")
 
 
 def run(args) -> None:
+  """Trains; the resolved config goes to the trainer, which records it once it checked it.
+
+  (Writing config.gin here, before anything is validated, would overwrite the
+  record of a running or finished run with a configuration that may never run.)
+  """
   if not args.gin_file:
     raise UsageError("train needs at least one --gin_file (e.g. --gin_file=runs/smoke.gin).")
   train_fn = gin_setup.configured(
       trainer.train, "No gin file binds `trainer.train`; include a runs/*.gin file such as "
       "runs/finetune.gin or runs/smoke.gin.")
-  gin_setup.write_config(gin_setup.macro("MODEL_DIR"))
-  train_fn()
+  train_fn(take_over_lease=args.force, run_config=gin.config_str())

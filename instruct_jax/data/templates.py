@@ -18,6 +18,8 @@ Formats follow FLAN:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import string
 from typing import Callable, Mapping, Sequence
@@ -233,6 +235,29 @@ def assemble_few_shot_tf(exemplar_inputs: tf.Tensor, exemplar_targets: tf.Tensor
 
 _RANK_ROW_FEATURES = frozenset({"inputs", "targets", "options", "answers", "example_id",
                                 "option_index", "is_correct"})
+_RANK_EXAMPLE_LIMIT: contextvars.ContextVar = contextvars.ContextVar(
+    "rank_classification_example_limit", default=None)
+
+
+@contextlib.contextmanager
+def rank_classification_example_limit(num_examples: int | None):
+  """While active, rank_classification_rows keeps only the first `num_examples` examples.
+
+  seqio.Evaluator(num_examples=N) caps the rows its task datasets yield, i.e.
+  after the per-option expansion, so N rows can stop inside an example and
+  score it on only some of its options. Build the Evaluator inside this
+  context (the datasets are made there) and do not also pass it num_examples
+  for rank-classification tasks: the cap then counts examples and keeps all
+  their rows. None or 0: no cap. Not applied to rows read from a seqio cache
+  (use_cached), which were expanded when the cache was made.
+  """
+  if num_examples is not None and num_examples < 0:
+    raise ValueError(f"num_examples={num_examples} must be positive (or None for all).")
+  token = _RANK_EXAMPLE_LIMIT.set(num_examples or None)
+  try:
+    yield
+  finally:
+    _RANK_EXAMPLE_LIMIT.reset(token)
 
 
 def rank_classification_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -247,8 +272,12 @@ def rank_classification_rows(dataset: tf.data.Dataset) -> tf.data.Dataset:
     is_correct   bool   the option is one of the answers.
   Other scalar features (e.g. "template_index") are copied onto every row;
   other vector features are dropped. Identical duplicate examples share an id
-  and are scored as one example.
+  and are scored as one example. Inside rank_classification_example_limit(N)
+  only the first N examples are expanded.
   """
+  limit = _RANK_EXAMPLE_LIMIT.get()
+  if limit:
+    dataset = dataset.take(limit)  # Count examples, before they become option rows.
   def expand(ex):
     options = ex["options"]
     num_options = tf.size(options)

@@ -5,7 +5,7 @@ one ModelRunner, so batching, padding, sharding and the decoding rng are the
 same everywhere. Multi-host: every process feeds the same global batches and
 gets the outputs back replicated.
 """
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 import jax
@@ -85,6 +85,19 @@ class ModelRunner:
             lambda index, padded=padded: padded[index])
       yield indices, real, batch
 
+  def predict_batches(self, params: Any, dataset: tf.data.Dataset
+                      ) -> Iterator[list[tuple[int, np.ndarray, float]]]:
+    """predict's results one global batch at a time, as soon as each is decoded.
+
+    Batch i decodes with fold_in(rng, i), so streaming callers sample exactly
+    what `predict` would.
+    """
+    with self.partitioner.activation_context():
+      for number, (indices, real, batch) in enumerate(self._global_batches(dataset)):
+        tokens, scores = self._predict(params, batch, jax.random.fold_in(self.rng, number))
+        tokens, scores = _host_value(tokens), _host_value(scores)
+        yield [(int(indices[row]), tokens[row], float(scores[row])) for row in range(real)]
+
   def predict(self, params: Any, dataset: tf.data.Dataset,
               progress: Optional[Progress] = None) -> list[tuple[int, np.ndarray, float]]:
     """(index, output token ids [max_decode_length], decode score) for every example.
@@ -92,28 +105,20 @@ class ModelRunner:
     Token rows keep their full width (0 after EOS), as seqio expects; see
     trim_at_eos.
     """
-    results = []
+    return _collect(self.predict_batches(params, dataset), progress)
+
+  def score_batches(self, params: Any, dataset: tf.data.Dataset
+                    ) -> Iterator[list[tuple[int, float]]]:
+    """score's results one global batch at a time."""
     with self.partitioner.activation_context():
-      for number, (indices, real, batch) in enumerate(self._global_batches(dataset)):
-        tokens, scores = self._predict(params, batch, jax.random.fold_in(self.rng, number))
-        tokens, scores = _host_value(tokens), _host_value(scores)
-        results.extend((int(indices[row]), tokens[row], float(scores[row]))
-                       for row in range(real))
-        if progress is not None:
-          progress(len(results))
-    return results
+      for indices, real, batch in self._global_batches(dataset):
+        scores = _host_value(self._score(params, batch))
+        yield [(int(indices[row]), float(scores[row])) for row in range(real)]
 
   def score(self, params: Any, dataset: tf.data.Dataset,
             progress: Optional[Progress] = None) -> list[tuple[int, float]]:
     """(index, sum of target log-likelihoods) for every example."""
-    results = []
-    with self.partitioner.activation_context():
-      for indices, real, batch in self._global_batches(dataset):
-        scores = _host_value(self._score(params, batch))
-        results.extend((int(indices[row]), float(scores[row])) for row in range(real))
-        if progress is not None:
-          progress(len(results))
-    return results
+    return _collect(self.score_batches(params, dataset), progress)
 
   def seqio_fns(self, params: Any) -> dict[str, Callable[..., Any]]:
     """predict_fn / score_fn keyword arguments for seqio.Evaluator.evaluate."""
@@ -127,3 +132,13 @@ class ModelRunner:
       return self.score(params, dataset)
 
     return {"predict_fn": predict_fn, "score_fn": score_fn}
+
+
+def _collect(batches: Iterable[list], progress: Optional[Progress]) -> list:
+  """All batches' results in one list, reporting the running count to `progress`."""
+  results = []
+  for batch_results in batches:
+    results.extend(batch_results)
+    if progress is not None:
+      progress(len(results))
+  return results

@@ -31,6 +31,7 @@ import tensorflow as tf
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import params_io
 from instruct_jax.data import pipeline
+from instruct_jax.data import templates
 from instruct_jax.eval import runner as runner_lib
 from instruct_jax.eval.reports import evaluation as reports
 from instruct_jax.models import decoding
@@ -56,15 +57,21 @@ def make_evaluator(model: Any, mixture_or_task_name: str, split: str,
   if log_dir and jax.process_index() == 0:
     logger_cls = (seqio.JSONLogger, seqio.TensorBoardLogger)
     tf.io.gfile.makedirs(log_dir)
-  return seqio.Evaluator(
-      mixture_or_task_name=mixture_or_task_name,
-      feature_converter=model.feature_converter(pack=False),
-      eval_split=split, use_cached=use_cached, seed=seed,
-      sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
-      num_examples=num_examples, shuffle=False, logger_cls=logger_cls,
-      log_dir=log_dir if logger_cls else None,
-      # Metrics run in this thread: the model may share the accelerator with them.
-      async_compute_metrics=False)
+  # seqio caps the rows a task yields; a rank-classification example is one row per
+  # option, so its cap must count examples before the expansion (the datasets are built
+  # when the Evaluator is constructed, inside the limit).
+  tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+  ranked = any(templates.rank_classification_rows in task.preprocessors for task in tasks)
+  with templates.rank_classification_example_limit(num_examples if ranked else None):
+    return seqio.Evaluator(
+        mixture_or_task_name=mixture_or_task_name,
+        feature_converter=model.feature_converter(pack=False),
+        eval_split=split, use_cached=use_cached, seed=seed,
+        sequence_length=dict(task_feature_lengths) if task_feature_lengths else None,
+        num_examples=None if ranked else num_examples, shuffle=False, logger_cls=logger_cls,
+        log_dir=log_dir if logger_cls else None,
+        # Metrics run in this thread: the model may share the accelerator with them.
+        async_compute_metrics=False)
 
 
 def _as_float(value: Any) -> Optional[float]:

@@ -35,7 +35,9 @@ storage all hosts share (gs://).
 
 A failed cluster is reported with its error and the sweep goes on; the exit
 status is non-zero if any failed. SIGTERM / SIGINT (preemption, Ctrl-C) is
-different: the current run checkpoints and the sweep stops. Rerunning the
+different: the current run checkpoints and the sweep stops. A run stopped that
+way (exit status errors.EXIT_STOPPED = 75, or errors.RunStopped in process)
+stops the sweep too, even when the signal only reached that run. Rerunning the
 same command resumes: clusters whose zero-shot results exist are skipped
 (--force reruns them: training resumes from the newest checkpoint, a no-op for
 a finished run, then evaluates again).
@@ -55,6 +57,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import tensorflow as tf
 
+from instruct_jax import errors
 from instruct_jax import stop_signals
 from instruct_jax.checkpoints import layout
 from instruct_jax.errors import ActionableError
@@ -85,6 +88,14 @@ Launcher = Callable[[Sequence[str]], None]
 
 class StepFailedError(Exception):
   """One train or eval run of the sweep failed; the message says why."""
+
+
+class StepInterruptedError(Exception):
+  """A train or eval run was stopped by SIGTERM / SIGINT after checkpointing (exit status 75).
+
+  Not a failure: the machine is probably being preempted, so the sweep stops
+  (SweepInterruptedError) rather than start the next run; rerunning resumes.
+  """
 
 
 class SweepFailedError(ActionableError):
@@ -297,9 +308,19 @@ def run_subprocess(argv: Sequence[str]) -> None:
   for line in process.stderr:
     sys.stderr.write(line)
     tail.append(line.rstrip("\n"))
-  code = process.wait()
-  if code:
-    raise StepFailedError(f"exit status {code}: {_error_summary(list(tail))}")
+  error = step_error(process.wait(), list(tail))
+  if error is not None:
+    raise error
+
+
+def step_error(code: int, stderr_tail: Sequence[str]) -> Optional[Exception]:
+  """The launcher's error for a run's exit status: None (0), interrupted (75) or failed."""
+  if code == 0:
+    return None
+  if code == errors.EXIT_STOPPED:
+    return StepInterruptedError(f"exit status {code}: stopped by a signal after saving a "
+                                "checkpoint")
+  return StepFailedError(f"exit status {code}: {_error_summary(stderr_tail)}")
 
 
 def _error_summary(lines: Sequence[str]) -> str:
@@ -365,21 +386,29 @@ def run_cluster(run: ClusterRun, launcher: Launcher, force: bool = False,
                           task_metrics=load_results(path))
   for stage, argv in (("train", run.train_argv), ("eval", run.eval_argv)):
     say(f"[sweep] holdout {run.cluster}: {stage}: {command_line(argv)}")
+    interrupted = None
     try:
       with stop_signals.StopOnSignal(on_signal=lambda name: say(
           f"[sweep] {name} received: waiting for the current run to checkpoint and exit, "
           "then stopping the sweep.")) as stop:
         launcher(argv)
+    except StepInterruptedError as e:
+      interrupted = e
     except StepFailedError as e:
       if not stop.signal_name:
         say(f"[sweep] holdout {run.cluster}: {stage} FAILED: {e}")
         return ClusterOutcome(run.cluster, "failed", stage=stage, error=str(e))
     if stage == "train":
-      check_training_finished(run)
+      check_training_finished(run)  # run.json: also catches a stop that exited 0.
     if stop.signal_name:
       raise SweepInterruptedError(
           f"Stopped by {stop.signal_name} during the {stage} run of held-out cluster "
           f"{run.cluster}. Rerun the same command to resume (finished clusters are skipped).")
+    if interrupted is not None:
+      raise SweepInterruptedError(
+          f"The {stage} run of held-out cluster {run.cluster} was stopped ({interrupted}), "
+          "probably by preemption, so the sweep stops. Rerun the same command to resume "
+          "(finished clusters are skipped).") from interrupted
   found = find_results(run)
   if not found:
     error = f"eval finished but wrote no metrics_step_<step>.json in {run.results_dir}"

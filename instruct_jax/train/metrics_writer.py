@@ -17,10 +17,41 @@ import tensorflow as tf
 from instruct_jax.checkpoints import layout
 
 
+def drop_rows_after(path: str, step: int) -> int:
+  """Removes the rows of a metrics.jsonl after `step`; returns how many went.
+
+  A run killed after logging steps it never checkpointed trains them again on
+  resume; without this the file would hold two rows for each of them. Lines a
+  kill cut short are dropped too. Rewritten to a temporary file and renamed, so
+  a second kill leaves the old or the new file, never half of one.
+  """
+  if not tf.io.gfile.exists(path):
+    return 0
+  with tf.io.gfile.GFile(path) as f:
+    lines = f.read().splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+      if int(row["step"]) <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      pass  # cut short by a kill, or not a row
+  dropped = len(lines) - len(kept)
+  if dropped:
+    partial = path + ".tmp"
+    with tf.io.gfile.GFile(partial, "w") as f:
+      f.write("".join(line + "\n" for line in kept))
+    tf.io.gfile.rename(partial, path, overwrite=True)
+  return dropped
+
+
 class MetricsReporter:
   """Writes the same scalars to TensorBoard and a JSON-lines log, and a progress line."""
 
-  def __init__(self, model_dir: str, total_steps: int, subdir: str = "train"):
+  def __init__(self, model_dir: str, total_steps: int, subdir: str = "train",
+               resume_step: Optional[int] = None):
+    """`resume_step`: the step training restarts from; later rows of metrics.jsonl are dropped."""
     self._is_chief = jax.process_index() == 0
     self._total_steps = total_steps
     self._writer = metric_writers.create_default_writer(
@@ -28,6 +59,11 @@ class MetricsReporter:
     self._jsonl_path = os.path.join(model_dir, layout.METRICS_FILE)
     if self._is_chief:
       tf.io.gfile.makedirs(model_dir)
+      if resume_step is not None:
+        dropped = drop_rows_after(self._jsonl_path, resume_step)
+        if dropped:
+          logging.info("Dropped %d row(s) after step %d from %s: they are trained again.",
+                       dropped, resume_step, self._jsonl_path)
     self._last_time: Optional[float] = None
     self._last_step: Optional[int] = None
     self._start_time = time.time()

@@ -2,7 +2,7 @@
 
 `Trainer` owns the compiled functions for one (model, optimizer, mesh);
 `train()` is the gin entry point (`trainer.train` in gin_configs/runs/*.gin)
-that wires data, checkpoints and metrics around it.
+that wires data, checkpoints, metrics and the MODEL_DIR lease around it.
 """
 import dataclasses
 import importlib
@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from absl import logging
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -20,10 +21,12 @@ import seqio
 from instruct_jax import stop_signals
 from instruct_jax.checkpoints import adafactor_carry_over
 from instruct_jax.checkpoints import layout
+from instruct_jax.checkpoints import lease as lease_lib
 from instruct_jax.checkpoints import params_io
 from instruct_jax.checkpoints import run_checkpointer
 from instruct_jax.data import pipeline
 from instruct_jax.errors import ActionableError
+from instruct_jax.errors import RunStopped
 from instruct_jax.models import api
 from instruct_jax.train import metrics_writer
 from instruct_jax.train import partitioning
@@ -35,6 +38,10 @@ Batch = Mapping[str, jax.Array]
 
 class NonFiniteLossError(ActionableError, RuntimeError):
   """Raised when a step produces a NaN/inf loss or gradient; nothing is saved after it."""
+
+
+class DivergenceError(ActionableError, RuntimeError):
+  """Raised when the gradient stays exactly zero: the model collapsed and cannot recover."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +228,166 @@ def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
         f"kept. Try a lower learning rate, float32 activations, or check the data.")
 
 
+def _check_step(pending: tuple[int, Mapping[str, Any]],
+                checkpointer: run_checkpointer.Checkpointer) -> None:
+  """The checks of a point that already waits for the device: finite metrics, failed saves.
+
+  A background save that failed surfaces here (CheckpointSaveError) rather than a
+  whole save period later, when the work since the last good checkpoint is lost anyway.
+  """
+  _check_finite(*pending)
+  checkpointer.check_for_errors()
+
+
+class _ZeroGradientGuard:
+  """Counts logged steps whose gradient norm is exactly 0.0 in a row.
+
+  A NaN check does not catch this failure: after a far too large update the
+  activations saturate or die, the loss stops responding, every gradient is
+  0.0, and training would go on for days without changing a parameter.
+  """
+
+  def __init__(self, patience: Optional[int], start_step: int):
+    self.patience = patience or 0
+    self.streak = 0
+    self.last_good_step = start_step  # the last logged step that still had a gradient
+
+  def update(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Records one logged step; raises DivergenceError once the streak reaches patience."""
+    if not self.patience or "grad_norm" not in scalars:
+      return
+    if scalars["grad_norm"] != 0.0:
+      self.streak, self.last_good_step = 0, step
+      return
+    self.streak += 1
+    if self.streak >= self.patience:
+      raise DivergenceError(
+          f"The gradient norm was exactly 0.0 for {self.streak} logged steps in a row (up "
+          f"to step {step}; loss {scalars.get('loss', float('nan')):.6g}): the model "
+          f"collapsed after step {self.last_good_step} (saturated or dead activations, "
+          f"typically from a learning rate far too high) and its parameters would never "
+          f"change again. Training stopped and saved nothing since. Lower the learning rate "
+          f"(or lengthen the warmup) and start a fresh MODEL_DIR, or delete the checkpoints "
+          f"from step {self.last_good_step} on and resume from an earlier one; "
+          f"ZERO_GRAD_PATIENCE=None disables this check.")
+
+  @property
+  def suspect(self) -> bool:
+    """Whether the latest logged steps had no gradient (their state is not worth saving)."""
+    return self.streak > 0
+
+
+def _host_state_bytes(abstract_state: Any) -> int:
+  """Bytes of the state's distinct shards on this host: what its checkpoint writes."""
+  total = 0
+  for leaf in jax.tree.leaves(abstract_state):
+    itemsize = np.dtype(leaf.dtype).itemsize
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+      total += int(np.prod(leaf.shape)) * itemsize
+      continue
+    indices = sharding.addressable_devices_indices_map(leaf.shape).values()
+    distinct = {tuple((s.start, s.stop, s.step) for s in index) for index in indices}
+    total += len(distinct) * int(np.prod(sharding.shard_shape(leaf.shape))) * itemsize
+  return total
+
+
+# First byte of a shared outcome: what process 0 raised.
+_OUTCOME_OK, _OUTCOME_LEASE_HELD, _OUTCOME_OTHER = 0, 1, 2
+_OUTCOME_BYTES = 4096
+
+
+def _share_outcome(error: Optional[BaseException]) -> tuple[int, str]:
+  """(kind, message) of process 0's error, on every process; single process: no collective."""
+  if error is None:
+    kind = _OUTCOME_OK
+  else:
+    kind = _OUTCOME_LEASE_HELD if isinstance(error, lease_lib.LeaseHeldError) else _OUTCOME_OTHER
+  text = "" if error is None else f"{type(error).__name__}: {error}"
+  if jax.process_count() == 1:
+    return kind, text
+  buffer = np.zeros(_OUTCOME_BYTES + 1, np.uint8)
+  if jax.process_index() == 0:
+    data = text.encode()[:_OUTCOME_BYTES]
+    buffer[0] = kind
+    buffer[1:1 + len(data)] = np.frombuffer(data, np.uint8)
+  buffer = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+  return int(buffer[0]), bytes(buffer[1:]).rstrip(b"\0").decode(errors="replace")
+
+
+def _on_process_0(model_dir: str, fn: Optional[Callable[[], None]]) -> None:
+  """Runs `fn` (a lease operation) on process 0 and raises its error on every process.
+
+  Only process 0 holds the lease, but all processes must stop together, or the
+  others would wait forever in the next collective.
+  """
+  error = None
+  if fn is not None:
+    try:
+      fn()
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+  kind, text = _share_outcome(error)
+  if error is not None:
+    raise error
+  if kind == _OUTCOME_LEASE_HELD:
+    raise lease_lib.LeaseHeldError(text.split(": ", 1)[-1])
+  if kind == _OUTCOME_OTHER:
+    raise RuntimeError(f"Process 0 failed on the lease of {model_dir}: {text} (see its log).")
+
+
+def _take_lease(model_dir: str, take_over: bool) -> Optional[lease_lib.RunLease]:
+  """Process 0 acquires MODEL_DIR's lease (returned; None elsewhere); refused: raises everywhere."""
+  lease = lease_lib.RunLease(model_dir, take_over=take_over) if jax.process_index() == 0 else None
+  _on_process_0(model_dir, lease.acquire if lease is not None else None)
+  return lease
+
+
+def _heartbeat(model_dir: str, lease: Optional[lease_lib.RunLease]) -> None:
+  """Renews the lease; LeaseHeldError on every process when another trainer took it over.
+
+  Any other failure (a storage hiccup) only warns: the next log step retries, and
+  a run must not die of it while it still holds the lease.
+  """
+  if lease is None and jax.process_count() == 1:
+    return
+
+  def beat():
+    try:
+      lease.heartbeat()
+    except lease_lib.LeaseHeldError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Could not renew the lease %s (%s: %s); retrying at the next log step.",
+                      lease.path, type(e).__name__, e)
+
+  _on_process_0(model_dir, beat if lease is not None else None)
+
+
+def _shut_down(checkpointer: Optional[run_checkpointer.Checkpointer],
+               reporter: Optional[metrics_writer.MetricsReporter], failing: bool) -> None:
+  """Finishes pending saves and closes the writers.
+
+  While another error propagates, new errors are only logged, so the error
+  that ended the run is the one reported (a failed save re-raises on every wait).
+  """
+  steps = []
+  if checkpointer is not None:
+    steps += [checkpointer.wait_until_finished, checkpointer.close]
+  if reporter is not None:
+    steps.append(reporter.close)
+  errors = []
+  for close in steps:
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+  for error in errors if failing else errors[1:]:
+    logging.warning("While shutting the run down: %s: %s", type(error).__name__, error)
+  if errors and not failing:
+    raise errors[0]
+
+
 def tokens_per_step(input_shapes: Mapping[str, Sequence[int]]) -> int:
   """Input plus target token positions in one global batch (padding included).
 
@@ -293,7 +460,10 @@ def train(*,
           carry_adafactor_state: bool = False,
           num_microbatches: Optional[int] = None,
           log_period: int = 10,
-          infer_eval_fn: Optional[Callable[["Trainer", Any, int], Mapping[str, float]]] = None
+          infer_eval_fn: Optional[Callable[["Trainer", Any, int], Mapping[str, float]]] = None,
+          take_over_lease: bool = False,
+          run_config: Optional[str] = None,
+          zero_grad_patience: Optional[int] = 5,
          ) -> TrainState:
   """Trains `model` on a seqio task/mixture until `total_steps`, resuming if possible.
 
@@ -303,9 +473,21 @@ def train(*,
   INITIAL_CHECKPOINT_PATH also seeds Adafactor's second moments. Every `eval_period` steps it runs teacher-forced
   eval on `train_eval_dataset_cfg` and calls `infer_eval_fn(trainer, params, step)`
   (decoding / scoring evaluation), logging the scalars each returns.
+
+  Only one trainer writes a MODEL_DIR: process 0 holds its lease
+  (checkpoints.lease) for the whole run and a second launch raises LeaseHeldError
+  unless `take_over_lease` (the CLI's --force). `run_config`, the resolved gin
+  config, is recorded (config.gin, then config-2.gin, ...) only once the state
+  was restored or initialised, so a launch that fails validation leaves the
+  run's record alone. A failed background save stops the run at the next step
+  (CheckpointSaveError); a gradient norm of exactly 0.0 for `zero_grad_patience`
+  logged steps in a row (None or 0: never) stops it with DivergenceError.
+
   MODEL_DIR/run.json (checkpoints.layout.RunStatus) says "running" from the
-  restore on, then "finished", "stopped" (SIGTERM / SIGINT) or "failed", so
-  tools need not guess a run's outcome from its checkpoints and logs.
+  restore on, then "finished" (the state is returned), "stopped" (SIGTERM /
+  SIGINT: the checkpoint is saved and RunStopped raised; rerunning resumes) or
+  "failed", so tools need not guess a run's outcome from its checkpoints and
+  logs. A launch refused the lease writes nothing in MODEL_DIR.
   """
   for cfg in (train_dataset_cfg, train_eval_dataset_cfg):
     if cfg is not None and cfg.module:
@@ -323,49 +505,72 @@ def train(*,
                                  feature_converter)
   data_iterator = pipeline.GlobalBatchIterator(dataset, partitioner.batch_sharding,
                                                global_batch_size=train_dataset_cfg.batch_size)
-  checkpointer = run_checkpointer.Checkpointer(model_dir, checkpoint_cfg.save_period,
-                                          keep=checkpoint_cfg.keep,
-                                          async_save=checkpoint_cfg.async_save)
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(trainer.abstract_state, data_iterator=data_iterator)
-    logging.info("Resumed from %s at step %d.", model_dir, int(state.step))
-  elif initial_checkpoint_path:
-    params = params_io.load_params(initial_checkpoint_path, trainer.abstract_params)
-    state = trainer.state_from_params(params)
-    logging.info("Fine-tuning from params in %s.", initial_checkpoint_path)
-    if carry_adafactor_state:
-      opt_state, _ = adafactor_carry_over.load_adafactor_state(initial_checkpoint_path,
-                                                               state.opt_state)
-      state = state.replace(opt_state=opt_state)
-  else:
-    state = trainer.init_state(random_seed)
 
-  eval_feature_converter = model.feature_converter(pack=False)
-  reporter = metrics_writer.MetricsReporter(model_dir, total_steps)
-  step_tokens = tokens_per_step(input_shapes)
-  step = int(state.step)
-  reporter.timing(step, step_tokens)
-  pending = None  # (step, metrics) of the last dispatched step, checked one step late.
-  _record_run_status(model_dir, total_steps, step, layout.RUNNING)
+  # From here on MODEL_DIR is ours: every exit records its outcome in run.json.
+  lease = _take_lease(model_dir, take_over_lease)
+  checkpointer = reporter = None
+  failing = True
   try:
     try:
+      checkpointer = run_checkpointer.Checkpointer(model_dir, checkpoint_cfg.save_period,
+                                                   keep=checkpoint_cfg.keep,
+                                                   async_save=checkpoint_cfg.async_save)
+      resumed = checkpointer.latest_step() is not None
+      if resumed:
+        state = checkpointer.restore(trainer.abstract_state, data_iterator=data_iterator)
+        logging.info("Resumed from %s at step %d.", model_dir, int(state.step))
+      elif initial_checkpoint_path:
+        params = params_io.load_params(initial_checkpoint_path, trainer.abstract_params)
+        state = trainer.state_from_params(params)
+        logging.info("Fine-tuning from params in %s.", initial_checkpoint_path)
+        if carry_adafactor_state:
+          opt_state, _ = adafactor_carry_over.load_adafactor_state(initial_checkpoint_path,
+                                                                   state.opt_state)
+          state = state.replace(opt_state=opt_state)
+      else:
+        state = trainer.init_state(random_seed)
+      step = int(state.step)
+
+      if resumed and step >= total_steps:
+        line = (f"The run in {model_dir} already finished (step {step} of {total_steps}); "
+                "nothing to do.")
+        logging.info(line)
+        if jax.process_index() == 0:
+          print(line, flush=True)  # like the progress lines: the console says why nothing ran
+        _record_run_status(model_dir, total_steps, step, layout.FINISHED)
+        failing = False
+        return state
+
+      if run_config is not None and jax.process_index() == 0:
+        logging.info("Recorded this launch's config in %s.",
+                     layout.record_config(model_dir, run_config))
+      checkpointer.check_free_space(_host_state_bytes(trainer.abstract_state))
+      eval_feature_converter = model.feature_converter(pack=False)
+      reporter = metrics_writer.MetricsReporter(model_dir, total_steps, resume_step=step)
+      step_tokens = tokens_per_step(input_shapes)
+      reporter.timing(step, step_tokens)
+      zero_grads = _ZeroGradientGuard(zero_grad_patience, step)
+      pending = None  # (step, metrics) of the last dispatched step, checked one step late.
+      _record_run_status(model_dir, total_steps, step, layout.RUNNING)
       with stop_signals.StopOnSignal(on_signal=lambda name: logging.warning(
           "%s received: will checkpoint and stop after the current step.", name)) as stop:
         while step < total_steps and not stop.requested:
           batch = next(data_iterator)
           state, metrics = trainer.train_step(state, batch)
           if pending is not None:
-            _check_finite(*pending)
+            _check_step(pending, checkpointer)
           step += 1
           pending = (step, metrics)
 
           is_last = step == total_steps
           if step % log_period == 0 or is_last:
-            _check_finite(*pending)
+            _check_step(pending, checkpointer)
             scalars = _summarize(metrics)
             scalars.update(reporter.timing(step, step_tokens))
             reporter.write(step, scalars)
             reporter.print_progress(step, scalars)
+            zero_grads.update(step, scalars)
+            _heartbeat(model_dir, lease)
           if eval_period and (step % eval_period == 0 or is_last):
             scalars = {}
             if train_eval_dataset_cfg is not None:
@@ -376,23 +581,33 @@ def train(*,
             if scalars:
               reporter.write(step, scalars)
               reporter.print_eval(step, scalars)
-          if checkpointer.should_save(step) or is_last or stop.requested:
-            _check_finite(*pending)
-            checkpointer.save(step, state, data_iterator=data_iterator, force=True)
-        if stop.requested:
-          checkpointer.wait_until_finished()
-          message = (f"Stopped by {stop.signal_name} at step {step}; checkpoint saved in "
-                     f"{model_dir}. Run the same command again to resume.")
-          logging.warning(message)
-          if jax.process_index() == 0:
-            print(message, flush=True)
+          forced = is_last or stop.requested
+          if checkpointer.should_save(step) or forced:
+            _check_step(pending, checkpointer)
+            if zero_grads.suspect and not forced:
+              logging.warning("Not saving step %d: the gradient was exactly 0.0 at the last "
+                              "%d logged step(s), a possible collapse.", step, zero_grads.streak)
+            else:
+              checkpointer.save(step, state, data_iterator=data_iterator, force=True)
+      stopped = None
+      if stop.requested and step < total_steps:
+        checkpointer.wait_until_finished()
+        stopped = (f"Stopped by {stop.signal_name} at step {step}; checkpoint saved in "
+                   f"{model_dir}. Run the same command again to resume.")
+        logging.warning(stopped)
+      failing = False
     finally:
-      checkpointer.wait_until_finished()
-      checkpointer.close()
-      reporter.close()
+      _shut_down(checkpointer, reporter, failing)
+    _record_run_status(model_dir, total_steps, step,
+                       layout.FINISHED if stopped is None else layout.STOPPED)
+  except lease_lib.LeaseHeldError:
+    raise  # Another trainer took MODEL_DIR over: its run.json is not ours to write.
   except BaseException as e:
     _record_failure(model_dir, total_steps, e)
     raise
-  _record_run_status(model_dir, total_steps, step,
-                     layout.FINISHED if step >= total_steps else layout.STOPPED)
+  finally:
+    if lease is not None:
+      lease.release()
+  if stopped is not None:
+    raise RunStopped(stopped)  # the CLI prints it and exits with EXIT_STOPPED
   return state
