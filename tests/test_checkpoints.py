@@ -12,7 +12,6 @@ import numpy as np
 import optax
 import pytest
 
-from instruct_jax.checkpoints import run_checkpointer
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import params_io
 from instruct_jax.train.state import TrainState
@@ -101,23 +100,6 @@ def _assert_trees_bitwise_equal(actual, expected):
 
 def _step_dirs(model_dir):
   return sorted(d for d in os.listdir(model_dir) if d.startswith("checkpoint_"))
-
-
-@pytest.fixture
-def make_checkpointer(tmp_path):
-  """Builds Checkpointers under tmp_path and closes them all at the end of the test."""
-  created = []
-
-  def make(model_dir=None, **kwargs):
-    kwargs.setdefault("save_period", 1)
-    kwargs.setdefault("async_save", False)
-    ckpt = run_checkpointer.Checkpointer(str(model_dir or tmp_path / "run"), **kwargs)
-    created.append(ckpt)
-    return ckpt
-
-  yield make
-  for ckpt in created:
-    ckpt.close()
 
 
 def test_save_restore_round_trip_is_bitwise(make_checkpointer):

@@ -11,8 +11,14 @@ import pytest
 
 from instruct_jax import cli
 from instruct_jax import errors
+from instruct_jax.checkpoints import conversion
+from instruct_jax.checkpoints import hf
 from instruct_jax.checkpoints import layout
+from instruct_jax.cli import flags
 from instruct_jax.cli import gin_setup
+from instruct_jax.cli import sweep
+from instruct_jax.eval import inference
+from instruct_jax.eval import selection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -181,9 +187,9 @@ def test_run_stopped_exits_75_with_its_message(monkeypatch, capsys):
 
 
 def test_train_accepts_force():
-  args = cli.build_parser("train").parse_args(["train", "--gin_file=f.gin", "--force"])
+  args = cli.build_parser().parse_args(["train", "--gin_file=f.gin", "--force"])
   assert args.force
-  assert not cli.build_parser("train").parse_args(["train"]).force
+  assert not cli.build_parser().parse_args(["train"]).force
 
 
 def test_gin_binding_flag_parsing():
@@ -191,3 +197,32 @@ def test_gin_binding_flag_parsing():
       ["train", "--gin.A=1", "--gin.B", "'x'", "--gin_file=f.gin"])
   assert rest == ["train", "--gin_file=f.gin"]
   assert bindings == ["A = 1", "B = 'x'"]
+
+
+@pytest.mark.parametrize("command", list(cli.COMMANDS))
+def test_help_imports_neither_jax_nor_tensorflow(command):
+  """--help answers at once: no command module (they pull in jax and TF) is imported."""
+  probe = ("import sys\n"
+           "from instruct_jax import cli\n"
+           "try:\n"
+           f"  cli.main([{command!r}, '--help'])\n"
+           "except SystemExit as e:\n"
+           "  assert e.code == 0, e.code\n"
+           "heavy = sorted(m for m in ('jax', 'tensorflow', 'seqio') if m in sys.modules)\n"
+           "print('HEAVY', heavy)\n")
+  result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "usage: instruct-jax" in result.stdout
+  assert "HEAVY []" in result.stdout
+
+
+def test_flag_choices_match_the_library():
+  """flags.py repeats a few library constants so that --help stays light; keep them equal."""
+  assert flags.INFER_MODES == tuple(inference.MODES)
+  assert flags.INFER_FORMATS == tuple(inference.FORMATS)
+  assert flags.EXPORT_DTYPES == tuple(sorted(conversion.DTYPES))
+  assert flags.DEFAULT_MAX_SHARD_GB * 1e9 == hf.DEFAULT_MAX_SHARD_BYTES
+  assert flags.SELECT_DEFAULT_MIXTURE == selection.DEFAULT_MIXTURE
+  assert flags.SWEEPS == tuple(sweep.SWEEP_RECIPES)
+  assert set(flags.ADD_ARGUMENTS) == set(cli.COMMANDS)

@@ -174,22 +174,6 @@ def test_unreadable_lease_counts_as_held_until_stale(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def make_checkpointer(tmp_path):
-  created = []
-
-  def make(model_dir=None, **kwargs):
-    kwargs.setdefault("save_period", 1)
-    kwargs.setdefault("async_save", False)
-    ckpt = run_checkpointer.Checkpointer(str(model_dir or tmp_path / "run"), **kwargs)
-    created.append(ckpt)
-    return ckpt
-
-  yield make
-  for ckpt in created:
-    ckpt.close()
-
-
 def _save_steps(make_checkpointer, steps=(2, 4)):
   """checkpoint_<s> for each s, holding _make_state(step=s, seed=s) and position s."""
   ckpt = make_checkpointer()

@@ -60,7 +60,7 @@ def clean_gin():
 
 def _select_config(*flags):
   """What `select` would run with: the model gin, runs/select.gin, then the flags."""
-  args = cli.build_parser("select").parse_args(
+  args = cli.build_parser().parse_args(
       ["select", "--gin_file=models/t5_1_1/tiny.gin", "--model_dir=/runs/r", *flags])
   args.gin_bindings = []
   cli.gin_setup.parse_gin(args.gin_file, [])  # What `instruct-jax` does before run(args).

@@ -4,12 +4,13 @@
     python -m instruct_jax train --gin_file=runs/finetune.gin \
         --gin_file=models/flan_t5/base.gin --gin.MODEL_DIR="'gs://bucket/run'"
 
-One thin module per command in this package, each defining HELP,
-add_arguments(parser) and run(args); run calls the library with explicit
-arguments (or the gin-configured library entry function). Gin files are found
+One thin module per command in this package, each defining run(args), which
+calls the library with explicit arguments (or the gin-configured library entry
+function); every command's flags are declared in flags.py. Gin files are found
 relative to the current directory, --gin_search_paths, the shipped gin_configs/
 folder and its parent (so both `runs/smoke.gin` and `gin_configs/runs/smoke.gin`
-work). Only the chosen command's module is imported: the others pull in jax.
+work). Only the chosen command's module is imported, and only to run it: the
+command modules pull in jax, so --help never imports them.
 
 Exit codes (launch scripts and the sweep act on them):
   0   the command did what it was asked (train: TRAIN_STEPS reached, now or earlier);
@@ -26,6 +27,7 @@ import traceback
 from typing import Optional, Sequence
 
 from instruct_jax import errors
+from instruct_jax.cli import flags
 from instruct_jax.cli import gin_setup
 from instruct_jax.cli import runtime
 
@@ -58,8 +60,8 @@ def command_module(name: str):
   return importlib.import_module(f"{__name__}.{COMMANDS[name]}")
 
 
-def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
-  """The parser; only the chosen command's module is imported (they pull in jax)."""
+def build_parser() -> argparse.ArgumentParser:
+  """The parser of every command (flags.py imports nothing heavy)."""
   parser = argparse.ArgumentParser(
       prog="instruct-jax",
       description="t5x-compatible instruction tuning in JAX. Gin bindings are given as "
@@ -77,8 +79,7 @@ def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
     sub.add_argument("--process_id", type=int, default=None)
     sub.add_argument("--traceback", action="store_true",
                      help="Show the full Python traceback for configuration errors.")
-    if name == command:
-      command_module(name).add_arguments(sub)
+    flags.ADD_ARGUMENTS[name](sub)
   return parser
 
 
@@ -89,8 +90,7 @@ def run_command(argv: Sequence[str], join_job: bool = True) -> None:
   that already joined one, e.g. the sweep's in-process launcher).
   """
   rest, bindings = gin_setup.split_gin_bindings(argv)
-  command = next((a for a in rest if not a.startswith("-")), None)
-  args = build_parser(command).parse_args(rest)
+  args = build_parser().parse_args(rest)
   args.gin_bindings = bindings
   if join_job:
     runtime.keep_tensorflow_off_accelerators()

@@ -13,24 +13,7 @@ What each direction writes is described in instruct_jax.checkpoints.conversion.
 import os
 
 from instruct_jax.checkpoints import conversion
-from instruct_jax.checkpoints import hf
 from instruct_jax.cli import gin_setup
-
-
-def add_arguments(parser) -> None:
-  direction = parser.add_mutually_exclusive_group(required=True)
-  direction.add_argument("--from", dest="from_format", choices=("hf", "t5x"),
-                         help="Import a Hugging Face or t5x checkpoint into our format.")
-  direction.add_argument("--to", dest="to_format", choices=("hf",),
-                         help="Export any checkpoint load_params reads to Hugging Face.")
-  parser.add_argument("--input", required=True, help="Checkpoint directory (local or gs://).")
-  parser.add_argument("--output", required=True, help="Directory to write (local or gs://).")
-  parser.add_argument("--dtype", default="float32", choices=sorted(conversion.DTYPES),
-                      help="--to hf: dtype of the written safetensors.")
-  parser.add_argument("--max_shard_gb", type=float, default=hf.DEFAULT_MAX_SHARD_BYTES / 1e9,
-                      help="--to hf: split safetensors into files of at most this size.")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="Replace --output if it already exists.")
 
 
 def run(args) -> None:

@@ -4,10 +4,6 @@ from instruct_jax.errors import UsageError
 from instruct_jax.eval import evaluation
 
 
-def add_arguments(parser) -> None:
-  del parser  # Everything is configured through gin (runs/eval.gin).
-
-
 def run(args) -> None:
   """Runs the gin-configured `evaluation.evaluate` (it prints the report tables)."""
   if not args.gin_file:

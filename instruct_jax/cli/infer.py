@@ -6,22 +6,6 @@ from instruct_jax.errors import UsageError
 from instruct_jax.eval import inference
 
 
-def add_arguments(parser) -> None:
-  parser.add_argument("--input_file", required=True,
-                      help="JSON lines with \"inputs\" (and \"targets\" to score), or TSV.")
-  parser.add_argument("--output_file", required=True,
-                      help="Where to write results: JSON lines, or TSV if it ends in .tsv.")
-  parser.add_argument("--mode", choices=inference.MODES, default="predict",
-                      help="predict: decode outputs; score: log-likelihood of the targets.")
-  parser.add_argument("--input_format", choices=inference.FORMATS, default="auto",
-                      help="auto: TSV for *.tsv, JSON lines otherwise.")
-  parser.add_argument("--skip_bad_lines", action="store_true",
-                      help="Leave malformed lines out (each is reported) instead of stopping.")
-  parser.add_argument("--resume", action="store_true",
-                      help="Keep the complete results already in --output_file (from a run "
-                           "that stopped) and compute only the examples after them.")
-
-
 def run(args) -> None:
   """Runs the gin-configured `inference.infer_file` on the flags' files."""
   if not args.gin_file:

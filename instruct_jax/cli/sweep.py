@@ -23,40 +23,7 @@ from instruct_jax.errors import UsageError
 from instruct_jax.experiments import holdout_sweep
 
 # Sweep name -> (module registering its tasks, dotted path of its HoldoutRecipe).
-SWEEPS = {"flan-holdout": ("tasks_registry", "tasks_registry.flan.holdout_sweep.RECIPE")}
-LAUNCHERS = ("auto", "subprocess", "in_process")
-
-
-def add_arguments(parser) -> None:
-  parser.add_argument("sweep", choices=tuple(SWEEPS),
-                      help="flan-holdout: FLAN leave-one-cluster-out, one train + zero-shot "
-                           "eval per held-out cluster, then an aggregate report.")
-  parser.add_argument("--model_dir_root", required=True,
-                      help="Each cluster trains in <root>/holdout_<cluster>; the aggregate "
-                           "report goes to <root>/sweep_report.{md,json,png}.")
-  parser.add_argument("--clusters", action="append", default=[],
-                      help="Comma-separated held-out clusters (repeatable); default: all of "
-                           "the recipe's clusters.")
-  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="Print every train/eval command line; run nothing.")
-  parser.add_argument("--force", action="store_true",
-                      help="Rerun clusters whose zero-shot results already exist.")
-  parser.add_argument("--task_prefix", default=None,
-                      help="Registry prefix of the copy to use (default: the recipe's, 'flan_'), "
-                           "e.g. a byte-vocabulary copy for CPU smoke runs "
-                           "(flan.register(vocabulary, prefix)).")
-  parser.add_argument("--task_module", default=None,
-                      help="Module that registers the --task_prefix copy; imported here and "
-                           "as MIXTURE_OR_TASK_MODULE by every run.")
-  parser.add_argument("--train_binding", action="append", default=[],
-                      help="Gin binding KEY=VALUE for the train runs only (e.g. of a "
-                           "configurable eval does not import).")
-  parser.add_argument("--eval_binding", action="append", default=[],
-                      help="Gin binding KEY=VALUE for the eval runs only.")
-  parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
-                      help="subprocess: one `python -m instruct_jax` per run (default on a "
-                           "single host); in_process: in this process, gin cleared between "
-                           "runs (chosen by auto inside a multi-process job).")
+SWEEP_RECIPES = {"flan-holdout": ("tasks_registry", "tasks_registry.flan.holdout_sweep.RECIPE")}
 
 
 def _import_attribute(dotted_path: str):
@@ -114,7 +81,7 @@ def _is_first_process() -> bool:
 
 
 def config_from_args(args) -> holdout_sweep.SweepConfig:
-  registry_module, recipe_path = SWEEPS[args.sweep]
+  registry_module, recipe_path = SWEEP_RECIPES[args.sweep]
   importlib.import_module(registry_module)
   clusters = [c.strip() for entry in args.clusters for c in entry.split(",") if c.strip()]
   return holdout_sweep.SweepConfig(

@@ -4,10 +4,6 @@ from instruct_jax.errors import UsageError
 from instruct_jax.eval import symbol_suites
 
 
-def add_arguments(parser) -> None:
-  del parser  # Everything is configured through gin (experiments/symbol_tuning/eval.gin).
-
-
 def run(args) -> None:
   """Runs the gin-configured `symbol_suites.evaluate_suites` (it prints the report)."""
   if not args.gin_file:

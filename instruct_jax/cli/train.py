@@ -6,13 +6,6 @@ from instruct_jax.errors import UsageError
 from instruct_jax.train import trainer
 
 
-def add_arguments(parser) -> None:
-  # Everything else is configured through gin.
-  parser.add_argument("--force", action="store_true",
-                      help="Take over MODEL_DIR from another trainer's lease; only when you are "
-                           "sure that run is gone (e.g. its VM was deleted).")
-
-
 def run(args) -> None:
   """Trains; the resolved config goes to the trainer, which records it once it checked it.
 

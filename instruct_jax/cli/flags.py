@@ -1,0 +1,173 @@
+"""Every command's flags, declared without importing the library.
+
+`instruct-jax --help` and `instruct-jax COMMAND --help` import only this module,
+so they answer at once; the command modules (which pull in jax, TensorFlow and
+seqio) are imported when a command runs. Choices that mirror a library constant
+are checked against it by tests/test_cli.py.
+"""
+import argparse
+from typing import Callable
+
+# `select`: runs/select.gin, and flag -> the select.gin macro it sets when given.
+SELECT_GIN = "runs/select.gin"
+SELECT_FLAG_MACROS = {
+    "model_dir": "MODEL_DIR",
+    "mixture": "MIXTURE_OR_TASK_NAME",
+    "split": "EVAL_SPLIT",
+    "batch_size": "BATCH_SIZE",
+    "num_examples": "EVAL_NUM_EXAMPLES",
+    "steps": "SELECT_STEPS",
+    "output_dir": "EVAL_OUTPUT_DIR",
+    "module": "MIXTURE_OR_TASK_MODULE",
+    "num_partitions": "NUM_PARTITIONS",
+}
+SELECT_LENGTH_FLAGS = {"inputs_length": "inputs", "targets_length": "targets"}
+SELECT_DEFAULT_MIXTURE = "cot_heldout_math_eval"   # = eval.selection.DEFAULT_MIXTURE
+
+# `bench`: flag -> the runs/bench.gin macro it sets when given.
+BENCH_FLAG_MACROS = {
+    "batch_size": "BENCH_BATCH_SIZE",
+    "input_length": "BENCH_INPUT_LENGTH",
+    "target_length": "BENCH_TARGET_LENGTH",
+    "steps": "BENCH_STEPS",
+    "num_partitions": "BENCH_NUM_PARTITIONS",
+    "parameter_partitioning_dims": "BENCH_PARAMETER_PARTITIONING_DIMS",
+    "num_beams": "BENCH_NUM_BEAMS",
+}
+DECODE_METHODS = ("greedy", "beam")
+
+INFER_MODES = ("predict", "score")                # = eval.inference.MODES
+INFER_FORMATS = ("auto", "jsonl", "tsv")          # = eval.inference.FORMATS
+EXPORT_DTYPES = ("bfloat16", "float16", "float32")  # = checkpoints.conversion.DTYPES
+DEFAULT_MAX_SHARD_GB = 5.0                        # = checkpoints.hf.DEFAULT_MAX_SHARD_BYTES
+
+SWEEPS = ("flan-holdout",)
+LAUNCHERS = ("auto", "subprocess", "in_process")
+
+
+def train(parser: argparse.ArgumentParser) -> None:
+  # Everything else is configured through gin.
+  parser.add_argument("--force", action="store_true",
+                      help="Take over MODEL_DIR from another trainer's lease; only when you are "
+                           "sure that run is gone (e.g. its VM was deleted).")
+
+
+def gin_only(parser: argparse.ArgumentParser) -> None:
+  del parser  # eval and symbol-eval are configured through gin only.
+
+
+def infer(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--input_file", required=True,
+                      help="JSON lines with \"inputs\" (and \"targets\" to score), or TSV.")
+  parser.add_argument("--output_file", required=True,
+                      help="Where to write results: JSON lines, or TSV if it ends in .tsv.")
+  parser.add_argument("--mode", choices=INFER_MODES, default="predict",
+                      help="predict: decode outputs; score: log-likelihood of the targets.")
+  parser.add_argument("--input_format", choices=INFER_FORMATS, default="auto",
+                      help="auto: TSV for *.tsv, JSON lines otherwise.")
+  parser.add_argument("--skip_bad_lines", action="store_true",
+                      help="Leave malformed lines out (each is reported) instead of stopping.")
+  parser.add_argument("--resume", action="store_true",
+                      help="Keep the complete results already in --output_file (from a run "
+                           "that stopped) and compute only the examples after them.")
+
+
+def select(parser: argparse.ArgumentParser) -> None:
+  defaults = f"default: {SELECT_GIN}"
+  parser.add_argument("--model_dir", required=True,
+                      help="Training run directory holding checkpoint_<step> directories.")
+  parser.add_argument("--mixture", default=None,
+                      help=f"seqio task or mixture to select on ({defaults}: "
+                           f"{SELECT_DEFAULT_MIXTURE}).")
+  parser.add_argument("--split", default=None, help=f"Split of its tasks ({defaults}: test).")
+  parser.add_argument("--batch_size", type=int, default=None,
+                      help="Global eval batch size, a multiple of the data-parallel size "
+                           f"({defaults}: 32).")
+  parser.add_argument("--inputs_length", type=int, default=None,
+                      help="Input length in tokens (few-shot prompts are built to fit 1024).")
+  parser.add_argument("--targets_length", type=int, default=None,
+                      help="Decoding length in tokens: room for the chain of thought "
+                           f"({defaults}: 256).")
+  parser.add_argument("--num_examples", type=int, default=None,
+                      help="Evaluate only the first N examples of each task.")
+  parser.add_argument("--steps", default=None,
+                      help="Comma-separated checkpoint steps to consider (default: all).")
+  parser.add_argument("--output_dir", default=None,
+                      help="Where reports go (default: MODEL_DIR/selection).")
+  parser.add_argument("--module", default=None,
+                      help="Module to import for task registrations "
+                           f"({defaults}: tasks_registry).")
+  parser.add_argument("--num_partitions", type=int, default=None,
+                      help=f"Model-parallel partitions of the eval mesh ({defaults}: 1).")
+
+
+def sweep(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("sweep", choices=SWEEPS,
+                      help="flan-holdout: FLAN leave-one-cluster-out, one train + zero-shot "
+                           "eval per held-out cluster, then an aggregate report.")
+  parser.add_argument("--model_dir_root", required=True,
+                      help="Each cluster trains in <root>/holdout_<cluster>; the aggregate "
+                           "report goes to <root>/sweep_report.{md,json,png}.")
+  parser.add_argument("--clusters", action="append", default=[],
+                      help="Comma-separated held-out clusters (repeatable); default: all of "
+                           "the recipe's clusters.")
+  parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                      help="Print every train/eval command line; run nothing.")
+  parser.add_argument("--force", action="store_true",
+                      help="Rerun clusters whose zero-shot results already exist.")
+  parser.add_argument("--task_prefix", default=None,
+                      help="Registry prefix of the copy to use (default: the recipe's, 'flan_'), "
+                           "e.g. a byte-vocabulary copy for CPU smoke runs "
+                           "(flan.register(vocabulary, prefix)).")
+  parser.add_argument("--task_module", default=None,
+                      help="Module that registers the --task_prefix copy; imported here and "
+                           "as MIXTURE_OR_TASK_MODULE by every run.")
+  parser.add_argument("--train_binding", action="append", default=[],
+                      help="Gin binding KEY=VALUE for the train runs only (e.g. of a "
+                           "configurable eval does not import).")
+  parser.add_argument("--eval_binding", action="append", default=[],
+                      help="Gin binding KEY=VALUE for the eval runs only.")
+  parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
+                      help="subprocess: one `python -m instruct_jax` per run (default on a "
+                           "single host); in_process: in this process, gin cleared between "
+                           "runs (chosen by auto inside a multi-process job).")
+
+
+def bench(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--mode", choices=("train", "decode"), default="train",
+                      help="train: the train step; decode: greedy and beam-search decoding "
+                           "with and without the KV cache.")
+  for flag, name in BENCH_FLAG_MACROS.items():
+    parser.add_argument(f"--{flag}", type=int, default=None,
+                        help=f"Shortcut for --gin.{name}=N (runs/bench.gin).")
+  parser.add_argument("--decode_methods", default=None,
+                      help="Shortcut for --gin.BENCH_DECODE_METHODS: comma-separated subset "
+                           "of greedy,beam.")
+
+
+def convert(parser: argparse.ArgumentParser) -> None:
+  direction = parser.add_mutually_exclusive_group(required=True)
+  direction.add_argument("--from", dest="from_format", choices=("hf", "t5x"),
+                         help="Import a Hugging Face or t5x checkpoint into our format.")
+  direction.add_argument("--to", dest="to_format", choices=("hf",),
+                         help="Export any checkpoint load_params reads to Hugging Face.")
+  parser.add_argument("--input", required=True, help="Checkpoint directory (local or gs://).")
+  parser.add_argument("--output", required=True, help="Directory to write (local or gs://).")
+  parser.add_argument("--dtype", default="float32", choices=EXPORT_DTYPES,
+                      help="--to hf: dtype of the written safetensors.")
+  parser.add_argument("--max_shard_gb", type=float, default=DEFAULT_MAX_SHARD_GB,
+                      help="--to hf: split safetensors into files of at most this size.")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="Replace --output if it already exists.")
+
+
+ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "train": train,
+    "bench": bench,
+    "convert": convert,
+    "eval": gin_only,
+    "infer": infer,
+    "select": select,
+    "symbol-eval": gin_only,
+    "sweep": sweep,
+}
