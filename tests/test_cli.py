@@ -98,6 +98,38 @@ def test_sigterm_saves_and_the_next_run_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_kill_9_then_relaunch_resumes_with_one_metrics_row_per_step(tmp_path):
+  """A crash leaves a fresh lease and logged steps past the last checkpoint behind."""
+  model_dir = tmp_path / "run"
+  process = subprocess.Popen(
+      _smoke_command(model_dir, "--gin.TRAIN_STEPS=100000", "--gin.LOG_PERIOD=1",
+                     "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=None"),
+      cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    saved = layout.checkpoint_dirs(str(model_dir))
+    if saved and max(r["step"] for r in _train_records(model_dir)) > saved[-1][0] + 2:
+      break
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=60)
+  assert (model_dir / layout.LEASE_FILE).exists()  # never released
+  last_saved = layout.checkpoint_dirs(str(model_dir))[-1][0]
+  assert max(r["step"] for r in _train_records(model_dir)) > last_saved
+
+  total = last_saved + 12
+  result = subprocess.run(
+      _smoke_command(model_dir, f"--gin.TRAIN_STEPS={total}", "--gin.LOG_PERIOD=1",
+                     "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=None"),
+      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "process is gone" in result.stderr  # the dead holder's lease was taken over
+  steps = [r["step"] for r in _train_records(model_dir)]
+  assert steps == list(range(1, total + 1))
+  assert layout.read_run_status(str(model_dir)).finished
+
+
+@pytest.mark.slow
 def test_relaunching_a_finished_run_exits_0(tmp_path):
   model_dir = tmp_path / "run"
   command = _smoke_command(model_dir, "--gin.TRAIN_STEPS=2", "--gin.LOG_PERIOD=1",

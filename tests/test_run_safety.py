@@ -5,6 +5,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import jax
@@ -81,6 +83,34 @@ def test_stale_lease_is_taken_over_with_a_warning(tmp_path, caplog):
   assert _lease_record(run)["owner"] == successor.owner
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "stale" in warnings[0] and f"pid {os.getpid()}" in warnings[0]
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path, caplog):
+  """kill -9 leaves a fresh lease behind; a relaunch on the same host need not wait."""
+  run = str(tmp_path / "run")
+  lease_lib.RunLease(run).acquire()
+  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    _set_lease_pid(run, live.pid)  # Fresh heartbeat, live process: still held.
+    with pytest.raises(lease_lib.LeaseHeldError):
+      lease_lib.RunLease(run).acquire()
+  finally:
+    live.kill()
+    live.wait()
+  _set_lease_pid(run, live.pid)  # The same record, its process now gone.
+  successor = lease_lib.RunLease(run)
+  with caplog.at_level(logging.WARNING):
+    successor.acquire()
+  assert _lease_record(run)["owner"] == successor.owner
+  assert any("process is gone" in r.getMessage() for r in caplog.records)
+
+
+def _set_lease_pid(model_dir, pid):
+  path = os.path.join(model_dir, layout.LEASE_FILE)
+  record = _lease_record(model_dir)
+  record.update(pid=pid, heartbeat=time.time())
+  with open(path, "w") as f:
+    json.dump(record, f)
 
 
 def test_take_over_takes_a_live_lease(tmp_path, caplog):
@@ -244,6 +274,9 @@ def test_restore_falls_back_past_a_corrupt_checkpoint(make_checkpointer, tmp_pat
   assert "Error" in warnings[0] and "\n" not in warnings[0]
   assert any(r.levelno == logging.INFO and r.exc_info for r in caplog.records
              if r.pathname.endswith("run_checkpointer.py"))  # the traceback, for the log file
+  # The full error stays next to the set-aside checkpoint; the console got one line.
+  error_file = run / layout.CORRUPT_CHECKPOINTS_DIR / "checkpoint_4" / layout.RESTORE_ERROR_FILE
+  assert "Traceback" in error_file.read_text() and layout.RESTORE_ERROR_FILE in warnings[0]
   # A new Checkpointer (the next launch) sees only the good step.
   assert make_checkpointer().all_steps() == [2]
 

@@ -35,6 +35,8 @@ LEASE_FILE = "lease.json"
 # Where a checkpoint that failed to restore is moved (never deleted): not a step name, so
 # neither orbax nor checkpoint_dirs lists it.
 CORRUPT_CHECKPOINTS_DIR = "corrupt_checkpoints"
+# Written into a set-aside checkpoint directory: why it could not be restored.
+RESTORE_ERROR_FILE = "restore_error.txt"
 METRICS_FILE = "metrics.jsonl"
 RUN_STATUS_FILE = "run.json"
 EVAL_SUBDIR = "inference_eval"

@@ -44,6 +44,26 @@ def _is_local(path: str) -> bool:
   return "://" not in str(path)
 
 
+def _died_on_this_host(holder: dict) -> bool:
+  """Whether the holder ran on this host and its process no longer exists.
+
+  A crashed or killed run (kill -9, out of memory) never releases its lease; when it
+  ran here, waiting for its heartbeat to go stale would only delay the relaunch.
+  """
+  pid = holder.get("pid")
+  if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+    return False
+  if pid == os.getpid():
+    return False  # Ours, from an earlier lease object of this process: not dead.
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    return False  # Alive, owned by another user.
+  return False
+
+
 def _describe(record: dict, now: float) -> str:
   """"host H, pid P, started <time>, last heartbeat Ns ago" for a lease record."""
   started = record.get("started")
@@ -122,6 +142,10 @@ class RunLease:
     if self.take_over:
       logging.warning("Taking over the lease on %s from %s (--force).", self.model_dir,
                       _describe(holder, now))
+    elif _died_on_this_host(holder):
+      logging.warning(
+          "Taking over the lease on %s: its holder (%s) ran on this host and its process "
+          "is gone (crashed or killed).", self.model_dir, _describe(holder, now))
     elif age is not None and age > self.stale_seconds:
       logging.warning(
           "Taking over the stale lease on %s: its holder (%s) has not renewed it for more "

@@ -16,6 +16,7 @@ therefore never holds a TrainState from one step and a data position from anothe
 import dataclasses
 import os
 import shutil
+import traceback
 from typing import Any, Optional
 
 from absl import logging
@@ -24,6 +25,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import orbax_trees
@@ -36,6 +38,16 @@ class CheckpointSaveError(ActionableError):
 
 class CheckpointRestoreError(ActionableError):
   """No checkpoint in MODEL_DIR could be read back."""
+
+
+def _write_restore_error(moved_dir: str, error: BaseException) -> None:
+  """Keeps the full error (orbax / tensorstore traceback) next to the checkpoint it concerns.
+
+  The console gets one line; whoever inspects the set-aside directory finds why.
+  """
+  text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+  with tf.io.gfile.GFile(os.path.join(moved_dir, layout.RESTORE_ERROR_FILE), "w") as f:
+    f.write(text)
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -319,12 +331,14 @@ class Checkpointer:
     if jax.process_index() == 0:
       try:
         moved = layout.set_aside_checkpoint(step_dir)
+        _write_restore_error(moved, error)
       except Exception as e:  # pylint: disable=broad-except
         moved = f"not moved: {_one_line(e)}"
     else:
       moved = os.path.join(str(self.model_dir), layout.CORRUPT_CHECKPOINTS_DIR)
-    logging.warning("Checkpoint %s could not be restored (%s); moved it to %s and trying "
-                    "the previous one.", step_dir, reason, moved)
+    logging.warning("Checkpoint %s could not be restored (%s); moved it to %s (the full "
+                    "error is in its %s) and trying the previous one.", step_dir, reason,
+                    moved, layout.RESTORE_ERROR_FILE)
     logging.info("Why %s could not be restored:", step_dir, exc_info=error)
     return step_dir, reason, moved
 
