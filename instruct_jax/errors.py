@@ -1,4 +1,5 @@
 """Errors whose message already says what to fix: the CLI prints them without a traceback."""
+from typing import Optional
 
 
 class ActionableError(Exception):
@@ -21,3 +22,16 @@ class RunStopped(Exception):
   Not an ActionableError: nothing is wrong with the configuration. The CLI prints
   the message and exits with EXIT_STOPPED.
   """
+
+
+def one_line(error: BaseException, limit: Optional[int] = None) -> str:
+  """"TypeName: first line of the message" (cut at `limit` characters when given).
+
+  For one-line reports of an error (a console warning, run.json): tensorstore and
+  orbax messages can be kilobytes long; the full text belongs in a log or file.
+  """
+  text = str(error).strip()
+  line = text.splitlines()[0] if text else ""
+  if limit is not None and len(line) > limit:
+    line = line[:limit] + " ..."
+  return f"{type(error).__name__}: {line}" if line else type(error).__name__

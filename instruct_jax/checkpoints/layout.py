@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import re
+import uuid
 from typing import Optional
 
 import tensorflow as tf
@@ -52,6 +53,26 @@ FINISHED = "finished"
 STOPPED = "stopped"
 FAILED = "failed"
 STATUSES = (RUNNING, FINISHED, STOPPED, FAILED)
+
+
+def write_atomically(path: str, text: str, overwrite: bool = True) -> str:
+  """Writes `text` to `path` through a temporary file renamed into place; returns `path`.
+
+  A reader (or a process killed mid-write) sees the old file or the new one, never
+  half of one. overwrite=False raises tf.errors.AlreadyExistsError when `path`
+  exists. The temporary name starts with "." and is unique, so it never matches
+  the names this module lists and concurrent writers do not share it.
+  """
+  partial = os.path.join(os.path.dirname(path),
+                         f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+  with tf.io.gfile.GFile(partial, "w") as f:
+    f.write(text)
+  try:
+    tf.io.gfile.rename(partial, path, overwrite=overwrite)
+  except BaseException:
+    tf.io.gfile.remove(partial)
+    raise
+  return path
 
 
 # ---------------------------------------------------------------------------
@@ -149,16 +170,7 @@ def record_config(model_dir: str, text: str) -> str:
   tf.io.gfile.makedirs(model_dir)
   n = max((k for k, _ in _config_records(model_dir)), default=0) + 1
   name = CONFIG_FILE if n == 1 else f"config-{n}.gin"
-  path = os.path.join(model_dir, name)
-  partial = os.path.join(model_dir, f".{name}.tmp-{os.getpid()}")
-  with tf.io.gfile.GFile(partial, "w") as f:
-    f.write(text)
-  try:
-    tf.io.gfile.rename(partial, path, overwrite=False)
-  except BaseException:
-    tf.io.gfile.remove(partial)
-    raise
-  return path
+  return write_atomically(os.path.join(model_dir, name), text, overwrite=False)
 
 
 def latest_config(model_dir: str) -> Optional[str]:
@@ -232,13 +244,8 @@ class RunStatus:
 def write_run_status(model_dir: str, status: RunStatus) -> str:
   """Writes MODEL_DIR/run.json atomically (a reader never sees half a file)."""
   tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, RUN_STATUS_FILE)
-  partial = path + ".tmp"
-  with tf.io.gfile.GFile(partial, "w") as f:
-    json.dump(dataclasses.asdict(status), f, indent=2, sort_keys=True)
-    f.write("\n")
-  tf.io.gfile.rename(partial, path, overwrite=True)
-  return path
+  text = json.dumps(dataclasses.asdict(status), indent=2, sort_keys=True) + "\n"
+  return write_atomically(os.path.join(model_dir, RUN_STATUS_FILE), text)
 
 
 def read_run_status(model_dir: str) -> Optional[RunStatus]:

@@ -220,14 +220,10 @@ class RunLease:
         return self._create_exclusive(data)
       finally:
         os.remove(temp)
-    temp = self._temp_path()
-    with tf.io.gfile.GFile(temp, "w") as f:
-      f.write(data)
     try:
-      tf.io.gfile.rename(temp, self.path, overwrite=False)
+      layout.write_atomically(self.path, data, overwrite=False)
       return True
     except tf.errors.AlreadyExistsError:
-      tf.io.gfile.remove(temp)
       return False
 
   def _create_exclusive(self, data: str) -> bool:
@@ -241,10 +237,7 @@ class RunLease:
 
   def _write(self, record: dict) -> None:
     """Replaces the lease file with `record` (a reader sees the old or the new file)."""
-    temp = self._temp_path()
-    with tf.io.gfile.GFile(temp, "w") as f:
-      f.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(temp, self.path, overwrite=True)
+    layout.write_atomically(self.path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
   def _read(self) -> Optional[dict]:
     """The lease record; None when there is no file; {} when it is unreadable."""

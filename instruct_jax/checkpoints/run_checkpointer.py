@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from instruct_jax import errors
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import orbax_trees
 from instruct_jax.errors import ActionableError
@@ -50,17 +51,9 @@ def _write_restore_error(moved_dir: str, error: BaseException) -> None:
     f.write(text)
 
 
-def _one_line(error: BaseException, limit: int = 300) -> str:
-  """"TypeName: first line of the message" (cut at `limit`), for one-line messages.
-
-  The full traceback goes to the log file at info level; tensorstore messages can be
-  kilobytes long, which would bury the console.
-  """
-  text = str(error).strip()
-  line = text.splitlines()[0] if text else ""
-  if len(line) > limit:
-    line = line[:limit] + " ..."
-  return f"{type(error).__name__}: {line}" if line else type(error).__name__
+def _one_line(error: BaseException) -> str:
+  """The error in one console line; the full traceback goes to the log (info level)."""
+  return errors.one_line(error, limit=300)
 
 
 def _all_processes_agree(ok: bool) -> bool:

@@ -9,6 +9,7 @@ turns flags into a SweepConfig.
 """
 import importlib
 import os
+import pkgutil
 import traceback
 from typing import Sequence
 
@@ -24,11 +25,6 @@ from instruct_jax.experiments import holdout_sweep
 
 # Sweep name -> (module registering its tasks, dotted path of its HoldoutRecipe).
 SWEEP_RECIPES = {"flan-holdout": ("tasks_registry", "tasks_registry.flan.holdout_sweep.RECIPE")}
-
-
-def _import_attribute(dotted_path: str):
-  module_name, _, attribute = dotted_path.rpartition(".")
-  return getattr(importlib.import_module(module_name), attribute)
 
 
 def _import_task_module(task_module: str) -> None:
@@ -86,7 +82,7 @@ def config_from_args(args) -> holdout_sweep.SweepConfig:
   clusters = [c.strip() for entry in args.clusters for c in entry.split(",") if c.strip()]
   return holdout_sweep.SweepConfig(
       model_dir_root=args.model_dir_root,
-      recipe=_import_attribute(recipe_path),
+      recipe=pkgutil.resolve_name(recipe_path),
       clusters=tuple(clusters) if args.clusters else None,
       gin_files=tuple(args.gin_file),
       bindings=tuple(args.gin_bindings),

@@ -39,10 +39,7 @@ def drop_rows_after(path: str, step: int) -> int:
       pass  # cut short by a kill, or not a row
   dropped = len(lines) - len(kept)
   if dropped:
-    partial = path + ".tmp"
-    with tf.io.gfile.GFile(partial, "w") as f:
-      f.write("".join(line + "\n" for line in kept))
-    tf.io.gfile.rename(partial, path, overwrite=True)
+    layout.write_atomically(path, "".join(line + "\n" for line in kept))
   return dropped
 
 

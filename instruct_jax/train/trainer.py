@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import seqio
 
+from instruct_jax import errors
 from instruct_jax import stop_signals
 from instruct_jax.checkpoints import adafactor_carry_over
 from instruct_jax.checkpoints import layout
@@ -413,11 +414,10 @@ def _record_failure(model_dir: str, total_steps: int, error: BaseException) -> N
   """
   if jax.process_index() != 0:
     return
-  text = str(error).strip()
-  line = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
   try:
     saved = max((n for n, _ in layout.checkpoint_dirs(model_dir)), default=0)
-    _record_run_status(model_dir, total_steps, saved, layout.FAILED, error=line)
+    _record_run_status(model_dir, total_steps, saved, layout.FAILED,
+                       error=errors.one_line(error))
   except Exception:  # pylint: disable=broad-except
     logging.exception("Could not record the failure in %s.", layout.RUN_STATUS_FILE)
 

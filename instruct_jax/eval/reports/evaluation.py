@@ -11,7 +11,7 @@ reports (metrics are percentages in seqio's convention), else its first
 metric. A cluster's score is the mean of its tasks' primary scores.
 """
 
-import importlib
+import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional, Union
 
@@ -81,9 +81,8 @@ def cluster_lookup(clusters: Union[None, str, ClusterTable], prefix: str = "",
 
 
 def _import_attribute(dotted_path: str) -> Any:
-  module_name, _, attribute = dotted_path.rpartition(".")
   try:
-    return getattr(importlib.import_module(module_name), attribute)
+    return pkgutil.resolve_name(dotted_path)
   except (ImportError, AttributeError, ValueError) as e:
     raise ValueError(f"Cannot import the cluster table {dotted_path!r} ({e}); give a dotted "
                      "path such as 'tasks_registry.smoke.CLUSTERS'.") from e
