@@ -35,6 +35,14 @@ def _smoke_command(model_dir, *bindings):
           f"--gin.MODEL_DIR='{model_dir}'", *bindings]
 
 
+def _run_to_completion(command):
+  """Runs an `instruct-jax` command line to its end; asserts it exited 0; returns the result."""
+  result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
 def _logged(model_dir):
   path = os.path.join(model_dir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -49,11 +57,9 @@ def _train_records(model_dir):
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
   model_dir = tmp_path / "smoke"
-  result = subprocess.run(
+  result = _run_to_completion(
       _smoke_command(model_dir, "--gin.TRAIN_STEPS=120", "--gin.LOG_PERIOD=10",
-                     "--gin.EVAL_PERIOD=120", "--gin.SAVE_PERIOD=60"),
-      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+                     "--gin.EVAL_PERIOD=120", "--gin.SAVE_PERIOD=60"))
   assert "step 120/120" in result.stdout
   records = _train_records(model_dir)
   assert [r["step"] for r in records] == list(range(10, 121, 10))
@@ -87,11 +93,9 @@ def test_sigterm_saves_and_the_next_run_resumes(tmp_path):
   assert len(saved) == 1 and saved[0] >= 5
   stopped_at = saved[0]
 
-  result = subprocess.run(
+  _run_to_completion(
       _smoke_command(model_dir, f"--gin.TRAIN_STEPS={stopped_at + 5}", "--gin.LOG_PERIOD=1",
-                     "--gin.EVAL_PERIOD=None"),
-      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+                     "--gin.EVAL_PERIOD=None"))
   resumed_steps = [r["step"] for r in _train_records(model_dir) if r["step"] > stopped_at]
   assert resumed_steps == list(range(stopped_at + 1, stopped_at + 6))
   assert os.path.isdir(model_dir / f"checkpoint_{stopped_at + 5}")
@@ -118,11 +122,9 @@ def test_kill_9_then_relaunch_resumes_with_one_metrics_row_per_step(tmp_path):
   assert max(r["step"] for r in _train_records(model_dir)) > last_saved
 
   total = last_saved + 12
-  result = subprocess.run(
+  result = _run_to_completion(
       _smoke_command(model_dir, f"--gin.TRAIN_STEPS={total}", "--gin.LOG_PERIOD=1",
-                     "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=None"),
-      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+                     "--gin.SAVE_PERIOD=10", "--gin.EVAL_PERIOD=None"))
   assert "process is gone" in result.stderr  # the dead holder's lease was taken over
   steps = [r["step"] for r in _train_records(model_dir)]
   assert steps == list(range(1, total + 1))
@@ -134,13 +136,9 @@ def test_relaunching_a_finished_run_exits_0(tmp_path):
   model_dir = tmp_path / "run"
   command = _smoke_command(model_dir, "--gin.TRAIN_STEPS=2", "--gin.LOG_PERIOD=1",
                            "--gin.EVAL_PERIOD=None")
-  first = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
-                         timeout=600)
-  assert first.returncode == 0, first.stderr[-3000:]
+  _run_to_completion(command)
   logged = _train_records(model_dir)
-  again = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
-                         timeout=600)
-  assert again.returncode == 0, again.stderr[-3000:]
+  _run_to_completion(command)  # the relaunch of a finished run also exits 0
   assert _train_records(model_dir) == logged  # Nothing trained twice.
   assert layout.read_run_status(str(model_dir)).finished
 
@@ -159,9 +157,7 @@ def test_force_takes_over_a_held_lease(tmp_path, capsys):
   assert "in use by another training run" in err and "--force" in err
   assert not any(p.startswith("checkpoint_") for p in os.listdir(model_dir))
 
-  result = subprocess.run([sys.executable, "-m", "instruct_jax", *argv, "--force"], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  _run_to_completion([sys.executable, "-m", "instruct_jax", *argv, "--force"])
   assert os.path.isdir(model_dir / "checkpoint_2")
   lease = model_dir / layout.LEASE_FILE
   assert not lease.exists() or "another-trainer" not in lease.read_text()
