@@ -21,9 +21,12 @@ import json
 import os
 import re
 import uuid
-from typing import Optional
+from typing import Any, Optional
 
+from gin import config_parser
 import tensorflow as tf
+
+from instruct_jax.errors import UsageError
 
 STEP_PREFIX = "checkpoint"
 STATE_ITEM = "state"
@@ -177,6 +180,70 @@ def latest_config(model_dir: str) -> Optional[str]:
   """Path of the newest launch record (config.gin or config-<n>.gin), or None."""
   records = _config_records(model_dir)
   return records[-1][1] if records else None
+
+
+class _RecordReader(config_parser.ParserDelegate):
+  """Parses a config record without importing what it names: references stay names."""
+
+  def configurable_reference(self, scoped_name: str, evaluate: bool) -> Any:
+    return ("@", scoped_name)
+
+  def macro(self, name: str) -> Any:
+    return ("%", name)
+
+
+def recorded_mixture(model_dir: str) -> Optional[str]:
+  """The train mixture / task named by MODEL_DIR's newest launch record, if it names one.
+
+  Read from the `train/...DatasetConfig.mixture_or_task_name` binding (following
+  macros such as %MIXTURE_OR_TASK_NAME), else the MIXTURE_OR_TASK_NAME macro.
+  None when there is no record or it cannot be read: then nothing can be compared.
+  """
+  path = latest_config(model_dir)
+  if path is None:
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    text = f.read()
+  values = {}
+  try:
+    for statement in config_parser.ConfigParser(text, _RecordReader()):
+      if isinstance(statement, config_parser.BindingStatement):
+        selector = statement.selector.rsplit(".", 1)[-1]
+        values[(statement.scope, selector, statement.arg_name)] = statement.value
+  except (SyntaxError, ValueError):
+    return None
+  value = values.get(("train", "DatasetConfig", "mixture_or_task_name"),
+                     ("%", "MIXTURE_OR_TASK_NAME"))
+  for _ in range(len(values) + 1):  # Macros may name macros; a cycle ends the walk.
+    if not (isinstance(value, tuple) and value[0] == "%"):
+      break
+    value = values.get(("", value[1], ""))
+  return value if isinstance(value, str) else None
+
+
+def check_same_mixture(model_dir: str, mixture_or_task_name: str) -> None:
+  """Refuses to resume checkpoints of one mixture with another (UsageError).
+
+  A resumed run restores its position in the data stream it was trained on; on
+  another mixture that position is meaningless (or fails to restore), and
+  continuing would silently mix two runs in one MODEL_DIR. Nothing is changed
+  in MODEL_DIR. Without checkpoints or a launch record naming a mixture, there
+  is nothing to protect or compare.
+  """
+  steps = checkpoint_dirs(model_dir)
+  if not steps:
+    return
+  recorded = recorded_mixture(model_dir)
+  if recorded is None or recorded == mixture_or_task_name:
+    return
+  newest = steps[-1][1]
+  raise UsageError(
+      f"MODEL_DIR {model_dir} holds checkpoints of a run trained on {recorded!r} (see "
+      f"{latest_config(model_dir)}); this run asks for {mixture_or_task_name!r}. Resuming "
+      "would continue that run on other data, so nothing was started or changed. Train on "
+      f"{mixture_or_task_name!r} in a new MODEL_DIR (--gin.MODEL_DIR=\"'/new/dir'\"), adding "
+      f"--gin.INITIAL_CHECKPOINT_PATH=\"'{newest}'\" to start from that run's parameters; "
+      f"or, to resume that run, ask for {recorded!r} again.")
 
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import difflib
 import functools
 import importlib
 import os
+import sys
+import types
 from typing import Iterator, Mapping
 
 from clu.data import dataset_iterator as clu_dataset_iterator
@@ -23,6 +25,7 @@ import seqio
 import tensorflow as tf
 
 from instruct_jax.errors import ActionableError
+from instruct_jax.errors import UsageError
 
 
 class UnknownTaskError(ActionableError, ValueError):
@@ -49,10 +52,49 @@ class DatasetConfig:
   module: str | None = None
 
 
+def import_registry_module(module: str) -> types.ModuleType:
+  """Imports `module` (MIXTURE_OR_TASK_MODULE), whose import registers seqio tasks.
+
+  Looked up on sys.path, then in the working directory: the `instruct-jax`
+  console script, unlike `python -m`, does not put the working directory on
+  sys.path, and a task module next to the user's shell is the common case.
+  """
+  if module.endswith(".py"):
+    raise UsageError(
+        f"MIXTURE_OR_TASK_MODULE={module!r} is a file name; give the module name, "
+        f"{module[:-3].replace(os.sep, '.')!r}, and run from the directory that holds "
+        f"{os.path.basename(module)!r} (or put that directory on PYTHONPATH).")
+
+  def is_missing(error: ModuleNotFoundError) -> bool:
+    # `module` itself (or a parent package) is absent, not something it imports.
+    return error.name is not None and (module + ".").startswith(error.name + ".")
+
+  try:
+    return importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    if not is_missing(e):
+      raise
+  cwd = os.getcwd()
+  if cwd not in sys.path:
+    sys.path.append(cwd)
+    importlib.invalidate_caches()
+    try:
+      return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+      if not is_missing(e):
+        raise
+  file_name = module.replace(".", os.sep) + ".py"
+  raise UsageError(
+      f"Cannot import the task module {module!r} (MIXTURE_OR_TASK_MODULE): it is not "
+      f"installed and the working directory {cwd} holds no {file_name} (nor package "
+      f"{module.split('.')[0]}/). Run the command from the directory that holds "
+      f"{file_name}, put that directory on PYTHONPATH, or install the module.")
+
+
 def get_task_or_mixture(name: str, module: str | None = None) -> seqio.Task | seqio.Mixture:
   """Registered seqio Task or Mixture called `name`, with a helpful error if absent."""
   if module:
-    importlib.import_module(module)
+    import_registry_module(module)
   tasks = set(seqio.TaskRegistry.names())
   mixtures = set(seqio.MixtureRegistry.names())
   if name in tasks and name in mixtures:

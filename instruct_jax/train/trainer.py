@@ -5,7 +5,6 @@
 that wires data, checkpoints, metrics and the MODEL_DIR lease around it.
 """
 import dataclasses
-import importlib
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -491,8 +490,9 @@ def train(*,
   """
   for cfg in (train_dataset_cfg, train_eval_dataset_cfg):
     if cfg is not None and cfg.module:
-      importlib.import_module(cfg.module)
+      pipeline.import_registry_module(cfg.module)
   pipeline.get_task_or_mixture(train_dataset_cfg.mixture_or_task_name)  # fail early on typos
+  layout.check_same_mixture(model_dir, train_dataset_cfg.mixture_or_task_name)
 
   feature_converter = model.feature_converter(pack=train_dataset_cfg.pack)
   input_shapes = pipeline.model_input_shapes(train_dataset_cfg, feature_converter)
