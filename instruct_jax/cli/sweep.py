@@ -18,6 +18,7 @@ import jax
 import seqio
 
 from instruct_jax import cli
+from instruct_jax.data import pipeline
 from instruct_jax.errors import ActionableError
 from instruct_jax.errors import RunStopped
 from instruct_jax.errors import UsageError
@@ -29,7 +30,7 @@ SWEEP_RECIPES = {"flan-holdout": ("tasks_registry", "tasks_registry.flan.holdout
 
 def _import_task_module(task_module: str) -> None:
   try:
-    importlib.import_module(task_module)
+    pipeline.import_registry_module(task_module)
   except ImportError as e:
     raise UsageError(f"Cannot import --task_module {task_module!r} ({e}); give an importable "
                      "module that registers the prefixed copy of the tasks.") from e

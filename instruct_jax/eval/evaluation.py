@@ -12,7 +12,6 @@ preprocessors end in one row per option and whose metric takes `scores` gets
 every option scored and the most likely one picked
 (instruct_jax.data.rank_classification turns any option task into one).
 """
-import importlib
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -49,7 +48,7 @@ def evaluate(*,
   rng. Returns {task: {metric: value}}.
   """
   if dataset_cfg.module:
-    importlib.import_module(dataset_cfg.module)
+    pipeline.import_registry_module(dataset_cfg.module)
   output_dir = layout.eval_dir(output_dir or layout.model_dir_of_checkpoint(checkpoint_path))
   session = session_lib.EvalSession(model, partitioner, dataset_cfg.batch_size, decode_cfg,
                                     seed)

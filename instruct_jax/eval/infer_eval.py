@@ -4,11 +4,11 @@ The hook evaluates the params the trainer holds through the same EvalSession
 as `instruct-jax eval`, so a step evaluated during training and the same
 checkpoint evaluated afterwards use the same evaluator settings and seeds.
 """
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 from instruct_jax.checkpoints import layout
+from instruct_jax.data import pipeline
 from instruct_jax.eval import session as session_lib
 from instruct_jax.models import decoding
 
@@ -45,7 +45,7 @@ class InferEval:
   def __call__(self, trainer: Any, params: Any, step: int) -> dict[str, float]:
     if self._session is None:
       if self.module:
-        importlib.import_module(self.module)
+        pipeline.import_registry_module(self.module)
       self._session = session_lib.EvalSession(trainer.model, trainer.partitioner,
                                               self.batch_size, self.decode_cfg, self.seed)
     task_metrics = self._session.evaluate(

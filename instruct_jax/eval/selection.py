@@ -24,7 +24,6 @@ gin(s) when given, else the run's own MODEL_DIR/config.gin.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -115,7 +114,7 @@ def select_checkpoint(*, model: Any, model_dir: str, dataset_cfg: pipeline.Datas
     seed: decoding seed (sampling only).
   """
   if dataset_cfg.module:
-    importlib.import_module(dataset_cfg.module)
+    pipeline.import_registry_module(dataset_cfg.module)
   available = checkpoint_steps(model_dir)
   if steps:
     unknown = sorted(set(steps) - {s for s, _ in available})
