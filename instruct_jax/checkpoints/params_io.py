@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from instruct_jax.checkpoints import hf
+from instruct_jax.checkpoints import layer_layout
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import orbax_trees
 from instruct_jax.checkpoints import t5x
@@ -119,8 +120,10 @@ def load_params(path: str, abstract_params: Any) -> Any:
   For fine-tuning from INITIAL_CHECKPOINT_PATH: optimizer state and step are not
   read, so the new run may use another optimizer. `path` may be any format
   `detect_checkpoint_format` understands (ours, t5x legacy or orbax, Hugging
-  Face T5). Arrays are cast to the dtypes of `abstract_params` (float32).
-  Raises one ValueError listing every missing, unexpected and wrong-shaped
+  Face T5). Arrays are cast to the dtypes of `abstract_params` (float32), and
+  layer stacks are restacked or split to the layout `abstract_params` has
+  (checkpoints.layer_layout), so scanned and unrolled runs read each other's
+  checkpoints. Raises one ValueError listing every missing, unexpected and wrong-shaped
   parameter.
   """
   fmt, location = detect_checkpoint_format(path)
@@ -142,23 +145,30 @@ def read_params(path: str) -> tuple[str, dict[str, Any]]:
   """(format, params as host numpy arrays in their stored dtype) of any checkpoint.
 
   Unsharded and whole, for offline conversion (`instruct-jax convert`); training
-  uses `load_params`, which reads straight onto the device shardings.
+  uses `load_params`, which reads straight onto the device shardings. Layer
+  stacks come back per layer (layers_<i>, the t5x / Hugging Face layout) even
+  when a scanned run wrote them stacked.
   """
   fmt, location = detect_checkpoint_format(path)
   if fmt in _PARAMS_KEY:
-    key = _PARAMS_KEY[fmt]
-    saved = orbax_trees.saved_tree(location)[key]
-    item = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    with ocp.PyTreeCheckpointer() as reader:
-      restored = reader.restore(location, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=restore_args, partial_restore=True))
-    return fmt, restored[key]
+    params = _read_orbax_subtree(location, _PARAMS_KEY[fmt])
+    return fmt, layer_layout.materialize(layer_layout.to_per_layer(params))
   if fmt == T5X_LEGACY:
     target = t5x.LegacyCheckpoint(str(location)).target
     return fmt, jax.tree.map(np.asarray, target)
   _, params, _ = hf.load_hf_checkpoint(str(location))
   return fmt, params
+
+
+def _read_orbax_subtree(state_dir: epath.Path, key: str) -> Any:
+  """The `key` subtree of an orbax checkpoint as whole host numpy arrays."""
+  saved = orbax_trees.saved_tree(state_dir)[key]
+  item = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  with ocp.PyTreeCheckpointer() as reader:
+    restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  return restored[key]
 
 
 def save_params(directory: str, params: Any) -> None:
@@ -188,6 +198,10 @@ def _load_orbax_subtree(state_dir: epath.Path, key: str, abstract_params: Any,
   if key not in saved:
     raise ValueError(
         f"{state_dir} holds no '{key}' subtree (top-level keys: {sorted(saved)}).")
+  if layer_layout.layouts_differ(saved[key], abstract_params):
+    # Written with the other scan_layers setting: read on the host, then restack or split.
+    return _place_on_devices(_read_orbax_subtree(state_dir, key), abstract_params, state_dir,
+                             fmt)
   problems = orbax_trees.tree_mismatches(abstract_params, saved[key])
   if problems:
     raise _mismatch_error(state_dir, problems, fmt)
@@ -209,8 +223,10 @@ def _place_on_devices(source: Any, abstract_params: Any, location: Any, fmt: str
   """Host arrays (numpy or t5x.LazyArray) -> jax.Arrays laid out like `abstract_params`.
 
   Each process reads only the slices its own devices hold, each distinct slice
-  once, with reads in flight concurrently up to a bounded number of bytes.
+  once, with reads in flight concurrently up to a bounded number of bytes. Layer
+  stacks are converted to the layout of `abstract_params` first.
   """
+  source = layer_layout.match_layout(source, abstract_params)
   problems = orbax_trees.tree_mismatches(abstract_params, source)
   if problems:
     raise _mismatch_error(location, problems, fmt)
@@ -227,7 +243,7 @@ def _place_on_devices(source: Any, abstract_params: Any, location: Any, fmt: str
       key = _index_key(index, target.shape)
       if key not in reads:
         reads[key] = (src.read_async(index) if isinstance(src, t5x.LazyArray)
-                      else np.asarray(src)[index])
+                      else np.asarray(src[index]))
     return reads
 
   def finish(reads, target):

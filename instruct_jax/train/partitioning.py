@@ -1,9 +1,9 @@
 """Device mesh and logical-axis rules: how params, optimizer state and batches are laid out.
 
 The model annotates every parameter and key activation with logical axis names
-(batch, length, embed, mlp, heads, kv, joined_kv, vocab, relpos_buckets). The
-rules below map those names onto the two mesh axes ("data", "model") with the
-t5x meaning of its two knobs:
+(batch, length, embed, mlp, heads, kv, joined_kv, vocab, relpos_buckets, and
+layers for scanned stacks). The rules below map those names onto the two mesh
+axes ("data", "model") with the t5x meaning of its two knobs:
 
 * NUM_PARTITIONS=k: the model axis has k devices; heads / mlp / vocab /
   joined_kv are split k ways (tensor parallelism).
@@ -40,6 +40,7 @@ def standard_logical_axis_rules(parameter_partitioning_dims: int = 1) -> Logical
       ("kv", None),
       ("length", None),
       ("relpos_buckets", None),
+      ("layers", None),  # The stacked-layer axis of scanned models (networks.stack).
   ]
   # A mesh axis is used at most once per array, so activations whose batch dim
   # already took "data" leave their embed dim unsplit; parameters split it.

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from instruct_jax.models.networks import layers
+from instruct_jax.models.networks import stack
 
 Array = jax.Array
 
@@ -40,6 +41,7 @@ class DecoderConfig(layers.NetworkConfig):
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   remat_policy: str = "none"
+  scan_layers: bool = False
 
 
 class DecoderOnlyLayer(nn.Module):
@@ -90,12 +92,12 @@ class _DecoderStack(nn.Module):
     y = embedder(decoder_input_tokens.astype(jnp.int32))
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     y = y.astype(dtype)
-    layer_cls = (DecoderOnlyLayer if decode else
-                 layers.maybe_remat(DecoderOnlyLayer, cfg.remat_policy,
-                                    static_argnums=(4, 5, 6, 8)))
-    for i in range(cfg.num_layers):
-      y = layer_cls(cfg, name=f"layers_{i}")(y, bias, mask, deterministic, decode, prefill,
-                                             prefill_lengths, max_decode_length)
+    # Remat only pays off when differentiating; cached decoding never is.
+    y = stack.run_layers(DecoderOnlyLayer, cfg, cfg.num_layers, y, bias, mask, deterministic,
+                         decode, prefill, prefill_lengths, max_decode_length,
+                         scan=cfg.scan_layers,
+                         remat_policy="none" if decode else cfg.remat_policy,
+                         static_argnums=(4, 5, 6, 8))
     y = layers.RMSNorm(dtype=dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     if cfg.logits_via_embedding:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from instruct_jax.models.networks import layers
+from instruct_jax.models.networks import stack
 
 Array = jax.Array
 
@@ -41,6 +42,7 @@ class T5Config(layers.NetworkConfig):
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   remat_policy: str = "none"
+  scan_layers: bool = False
 
 
 def _relpos(config, name: str) -> layers.RelativePositionBiases:
@@ -123,9 +125,9 @@ class Encoder(nn.Module):
     bias = _relpos(cfg, "relpos_bias")(length, length, bidirectional=True)
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _dropout(cfg)(x, deterministic=deterministic).astype(cfg.activation_dtype)
-    layer_cls = layers.maybe_remat(EncoderLayer, cfg.remat_policy, static_argnums=(4,))
-    for i in range(cfg.num_encoder_layers):
-      x = layer_cls(cfg, name=f"layers_{i}")(x, bias, encoder_mask, deterministic)
+    x = stack.run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, x, bias, encoder_mask,
+                         deterministic, scan=cfg.scan_layers, remat_policy=cfg.remat_policy,
+                         static_argnums=(4,))
     x = layers.RMSNorm(dtype=cfg.activation_dtype, name="encoder_norm")(x)
     return _dropout(cfg)(x, deterministic=deterministic)
 
@@ -148,12 +150,11 @@ class Decoder(nn.Module):
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _dropout(cfg)(y, deterministic=deterministic).astype(cfg.activation_dtype)
     # Remat only pays off when differentiating; cached decoding never is.
-    layer_cls = (DecoderLayer if decode else
-                 layers.maybe_remat(DecoderLayer, cfg.remat_policy, static_argnums=(6, 7, 8, 10)))
-    for i in range(cfg.num_decoder_layers):
-      y = layer_cls(cfg, name=f"layers_{i}")(
-          y, encoded, bias, decoder_mask, encoder_decoder_mask, deterministic, decode, prefill,
-          prefill_lengths, max_decode_length)
+    y = stack.run_layers(
+        DecoderLayer, cfg, cfg.num_decoder_layers, y, encoded, bias, decoder_mask,
+        encoder_decoder_mask, deterministic, decode, prefill, prefill_lengths, max_decode_length,
+        scan=cfg.scan_layers, remat_policy="none" if decode else cfg.remat_policy,
+        static_argnums=(6, 7, 8, 10))
     y = layers.RMSNorm(dtype=cfg.activation_dtype, name="decoder_norm")(y)
     y = _dropout(cfg)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
