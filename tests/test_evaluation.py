@@ -17,8 +17,10 @@ import tensorflow as tf
 import tasks_registry  # noqa: F401  (registers the smoke tasks)
 from instruct_jax import cli
 from instruct_jax.data import rank_classification
+from instruct_jax.errors import UsageError
 from instruct_jax.models import decoding
 from instruct_jax.eval import infer_eval as infer_eval_lib
+from instruct_jax.eval import metrics
 from instruct_jax.eval import runner as runner_lib
 from instruct_jax.eval import session as session_lib
 from instruct_jax.eval.reports import evaluation as reports
@@ -189,6 +191,44 @@ def test_rank_classification_needs_a_task_with_tokenize():
                          output_features=smoke.OUTPUT_FEATURES, preprocessors=[])
   with pytest.raises(ValueError, match="tokenize"):
     rank_classification.register_rank_classification_task("eval_test_no_tokenize")
+
+
+# --- tasks without metric functions --------------------------------------------------
+
+
+def _register_words_task(name, metric_fns):
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"inputs": ["cat", "dog"], "targets": ["a", "b"]})
+
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(dataset_fn, splits=("validation",)),
+      output_features=smoke.OUTPUT_FEATURES,
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      metric_fns=metric_fns)
+  return name
+
+
+def test_evaluating_only_tasks_without_metrics_is_an_error(t5_session):
+  model, params, session = t5_session
+  name = _register_words_task("eval_test_no_metrics", metric_fns=[])
+  with pytest.raises(UsageError, match="Nothing to evaluate.*no metric functions "
+                                       r"\(eval_test_no_metrics\).*metric_fns="):
+    session.evaluate(name, "validation", None, params=params, step=0)
+
+
+def test_tasks_without_metrics_are_named_on_the_console(t5_session, capsys):
+  model, params, session = t5_session
+  silent = _register_words_task("eval_test_silent", metric_fns=[])
+  scored = _register_words_task("eval_test_scored", metric_fns=[metrics.accuracy])
+  seqio.MixtureRegistry.remove("eval_test_partly_scored")
+  seqio.MixtureRegistry.add("eval_test_partly_scored", [silent, scored], default_rate=1.0)
+  result = session.evaluate("eval_test_partly_scored", "validation", None, params=params,
+                            step=0)
+  assert set(result) == {scored}
+  assert ("Warning: 1 task(s) of 'eval_test_partly_scored' have no metric functions and are "
+          "not evaluated: eval_test_silent.") in capsys.readouterr().err
 
 
 # --- infer-eval during training -----------------------------------------------------

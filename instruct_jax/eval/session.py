@@ -18,6 +18,7 @@ metrics and writes files.
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
@@ -32,6 +33,7 @@ from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import params_io
 from instruct_jax.data import pipeline
 from instruct_jax.data import templates
+from instruct_jax.errors import UsageError
 from instruct_jax.eval import runner as runner_lib
 from instruct_jax.eval.reports import evaluation as reports
 from instruct_jax.models import decoding
@@ -48,6 +50,29 @@ class Written:
   paths: dict[str, str]
 
 
+def check_metrics(mixture_or_task_name: str, tasks: list[seqio.Task], split: str) -> None:
+  """Says which tasks would be skipped for lack of metric functions, rather than report nothing.
+
+  seqio.Evaluator silently leaves such tasks out. All of them without metrics:
+  UsageError (the evaluation would be empty); some: one warning line on the
+  console naming them (process 0).
+  """
+  evaluated = [task for task in tasks if split in task.splits]
+  silent = [task.name for task in evaluated if not task.metric_fns and not task.metric_objs]
+  if not silent:
+    return
+  fix = ("Give a task metric functions to score it, e.g. seqio.TaskRegistry.add(..., "
+         "metric_fns=[instruct_jax.eval.metrics.accuracy]).")
+  if len(silent) == len(evaluated):
+    raise UsageError(
+        f"Nothing to evaluate in {mixture_or_task_name!r}: its task(s) with a {split!r} "
+        f"split have no metric functions ({', '.join(silent)}). {fix}")
+  if jax.process_index() == 0:
+    print(f"Warning: {len(silent)} task(s) of {mixture_or_task_name!r} have no metric "
+          f"functions and are not evaluated: {', '.join(silent)}.", file=sys.stderr,
+          flush=True)
+
+
 def make_evaluator(model: Any, mixture_or_task_name: str, split: str,
                    task_feature_lengths: Optional[Mapping[str, int]], log_dir: Optional[str],
                    use_cached: bool, seed: Optional[int],
@@ -61,6 +86,7 @@ def make_evaluator(model: Any, mixture_or_task_name: str, split: str,
   # option, so its cap must count examples before the expansion (the datasets are built
   # when the Evaluator is constructed, inside the limit).
   tasks = seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name))
+  check_metrics(mixture_or_task_name, tasks, split)
   ranked = any(templates.rank_classification_rows in task.preprocessors for task in tasks)
   with templates.rank_classification_example_limit(num_examples if ranked else None):
     return seqio.Evaluator(
