@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "gin-config>=0.5,<0.6",
     "clu>=0.0.12,<0.1",
     "sentencepiece>=0.2,<0.3",
+    "tokenizers>=0.23,<0.24",
     "tensorstore>=0.1.86,<0.2",
     "ml_dtypes>=0.5",
     "numpy>=2,<3",
