@@ -1,10 +1,14 @@
 """Gin at the command-line edge: bindings from argv, parsing with readable errors, %MODEL.
 
+After parsing, gin_macros.check rejects unknown macros and bad macro values, so a
+typo fails before any work.
+
 The library takes explicit arguments; only the commands in this package parse gin
 files and ask gin for configured entry functions (the trainer records the
 resolved config it is given).
 """
 import contextlib
+import difflib
 import inspect
 import logging
 import os
@@ -14,10 +18,12 @@ from typing import Any, Callable, Optional, Sequence
 import gin
 
 import gin_configs
+from instruct_jax.cli import gin_macros
 from instruct_jax.errors import UsageError
 
 _REQUIRED_MACRO = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently")
 _REQUIRED_PARAM = re.compile(r"^(\S+) set to `%gin\.REQUIRED` but not subsequently")
+_UNKNOWN_PARAM = re.compile(r"^Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'")
 
 
 def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -62,7 +68,10 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     if required:
       raise UsageError(f"Required gin parameter {required.group(1)} is not set; bind it in a "
                        f"gin file or with --gin.{required.group(1)}=VALUE.") from e
-    raise UsageError(f"Gin configuration error: {message}") from e
+    unknown = _UNKNOWN_PARAM.match(message)
+    if unknown:
+      raise UsageError(_unknown_parameter(*unknown.groups(), message)) from e
+    raise UsageError("Gin configuration error: " + _one_line(message)) from e
   except (SyntaxError, IOError) as e:
     culprit = _find_bad_binding(bindings)
     hint = (f" in binding {culprit!r}" if culprit else "") + (
@@ -70,6 +79,36 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
         "gin files are searched in the current directory, --gin_search_paths and "
         f"{gin_configs.ROOT}.")
     raise UsageError(f"Malformed gin configuration{hint} ({type(e).__name__}: {e})") from e
+  gin_macros.check(bindings)
+
+
+def _one_line(message: str) -> str:
+  """Gin's message (the problem, then where: a file and line, or the bindings) as one line."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return lines[0] + (f" ({_where(lines[1:])})" if len(lines) > 1 else "")
+
+
+def _where(location: list[str]) -> str:
+  """'--gin.KEY=VALUE' for a command-line binding, else gin's file and line."""
+  if location[0].startswith("In bindings string") and len(location) > 1:
+    return "--gin." + location[-1]
+  return ": ".join(location)
+
+
+def _unknown_parameter(selector: str, name: str, message: str) -> str:
+  """A misspelt `configurable.parameter` binding, with the closest parameter names."""
+  try:
+    configurable = gin.get_configurable(selector)
+    signature = inspect.signature(inspect.unwrap(
+        configurable.__init__ if inspect.isclass(configurable) else configurable))
+    parameters = [p for p in signature.parameters if p != "self"]
+  except (ValueError, TypeError):
+    parameters = []
+  close = difflib.get_close_matches(name, parameters, n=3)
+  hint = (f"; did you mean {' or '.join(close)}?" if close else
+          f"; its parameters are {', '.join(parameters)}." if parameters else ".")
+  where = _where([line.strip() for line in message.splitlines()[1:] if line.strip()] or ["?"])
+  return f"{selector} has no parameter {name} ({where}){hint}"
 
 
 @contextlib.contextmanager

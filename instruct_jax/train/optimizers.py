@@ -27,12 +27,14 @@ checkpoint conversion carry them over leaf by leaf; `factored_state(opt_state)`
 finds them without relying on the tuple position.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from instruct_jax.errors import UsageError
 
 SCHEDULE_NAMES = ("constant", "rsqrt_decay", "linear", "cosine")
 
@@ -154,6 +156,32 @@ def adamw(
   return optax.adamw(
       learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
       mask=weight_decay_mask)
+
+
+# The choices of the OPTIMIZER gin macro (cli/gin_macros.py checks names against these).
+OPTIMIZERS = {"adafactor": adafactor, "adamw": adamw}
+
+
+def create(
+    name: str,
+    learning_rate: optax.ScalarOrSchedule,
+    factories: Mapping[str, Callable[..., optax.GradientTransformation]] | None = None,
+) -> optax.GradientTransformation:
+  """The optimizer called `name` ('adafactor' | 'adamw'; the OPTIMIZER gin macro).
+
+  Choosing by name lets one command-line binding switch optimizers. `factories`
+  maps each name to the function that builds it from `learning_rate`; the run
+  gins pass gin's configured `optimizers.adafactor` / `optimizers.adamw`, so
+  their other hyperparameters stay bindable (e.g. optimizers.adamw.weight_decay).
+  None: this module's functions with their defaults.
+  """
+  factories = factories or OPTIMIZERS
+  canonical = name.strip().lower() if isinstance(name, str) else name
+  if canonical not in factories:
+    raise UsageError(
+        f"Unknown optimizer {name!r}; OPTIMIZER must be one of "
+        f"{', '.join(repr(n) for n in factories)}, e.g. --gin.OPTIMIZER=\"'adamw'\".")
+  return factories[canonical](learning_rate=learning_rate)
 
 
 def _rsqrt_decay(
