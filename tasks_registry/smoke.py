@@ -26,6 +26,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from instruct_jax.data import rank_classification
 from instruct_jax.data import templates
 from instruct_jax.eval import metrics
 from tasks_registry import registration
@@ -39,6 +40,7 @@ OUTPUT_FEATURES = {
 TASK_FEATURE_LENGTHS = {"inputs": 64, "targets": 16}
 NUM_EXAMPLES = {"train": 2000, "validation": 200}
 HELD_OUT_CLUSTER = "classification"
+HELD_OUT_RANK_EVAL = "smoke_holdout_rank_eval"
 TASK_PREFIX = "smoke_"
 
 # Different base seeds per split keep train and validation streams distinct.
@@ -249,6 +251,13 @@ def _register() -> None:
   training = [c for c in CLUSTERS if c != HELD_OUT_CLUSTER]
   registration.replace_mixture("smoke_train", task_names(training))
   registration.replace_mixture("smoke_holdout_eval", task_names([HELD_OUT_CLUSTER]))
+  # The held-out cluster scored by rank classification (<task>_rank copies): each option
+  # is scored and the most likely one picked, so chance is 50% and untrained models
+  # are not scored 0 for not yet writing a valid option.
+  registration.replace_mixture(
+      HELD_OUT_RANK_EVAL,
+      [rank_classification.register_rank_classification_task(name)
+       for name in task_names([HELD_OUT_CLUSTER])])
   registration.replace_mixture("smoke_all_train", task_names())
   # Leave-one-cluster-out variants for every cluster, FLAN style.
   for held_out in CLUSTERS:

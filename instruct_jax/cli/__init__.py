@@ -27,6 +27,7 @@ import traceback
 from typing import Optional, Sequence
 
 from instruct_jax import errors
+from instruct_jax.cli import console
 from instruct_jax.cli import flags
 from instruct_jax.cli import gin_setup
 from instruct_jax.cli import runtime
@@ -79,8 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--process_id", type=int, default=None)
     sub.add_argument("--traceback", action="store_true",
                      help="Show the full Python traceback for configuration errors.")
+    flags.common(sub)
     flags.ADD_ARGUMENTS[name](sub)
   return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  """The flags of `argv`, with its --gin.KEY=VALUE bindings as `gin_bindings`.
+
+  --help and bad flags exit here, before anything is imported or logged.
+  """
+  rest, bindings = gin_setup.split_gin_bindings(argv)
+  args = build_parser().parse_args(rest)
+  args.gin_bindings = bindings
+  return args
 
 
 def run_command(argv: Sequence[str], join_job: bool = True) -> None:
@@ -89,13 +102,16 @@ def run_command(argv: Sequence[str], join_job: bool = True) -> None:
   join_job=False skips joining a multi-process job (for commands run by a process
   that already joined one, e.g. the sweep's in-process launcher).
   """
-  rest, bindings = gin_setup.split_gin_bindings(argv)
-  args = build_parser().parse_args(rest)
-  args.gin_bindings = bindings
+  run_parsed(parse_args(argv), join_job)
+
+
+def run_parsed(args: argparse.Namespace, join_job: bool = True) -> None:
+  """Runs the command of parsed flags (see run_command)."""
   if join_job:
     runtime.keep_tensorflow_off_accelerators()
     runtime.initialize_multihost(args.coordinator_address, args.num_processes, args.process_id)
   module = command_module(args.command)
+  bindings = args.gin_bindings
   if args.gin_file or bindings:
     # A command's own gin files (GIN_FILES) come after the user's files, before the
     # user's bindings, so --gin.KEY=VALUE still overrides them.
@@ -105,16 +121,25 @@ def run_command(argv: Sequence[str], join_job: bool = True) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  """The console script: runs the command and turns its outcome into an exit code."""
+  """The console script: runs the command and turns its outcome into an exit code.
+
+  Library noise goes to the command's log file unless --verbose (cli/console.py).
+  """
   argv = sys.argv[1:] if argv is None else list(argv)
-  try:
-    run_command(argv)
-  except errors.RunStopped as e:
-    # Not an error: the checkpoint is saved; a distinct status lets launchers resume.
-    print(e, flush=True)
-    sys.exit(errors.EXIT_STOPPED)
-  except errors.ActionableError as e:
-    if "--traceback" in argv:
-      traceback.print_exc()
-    print(f"instruct-jax: error: {e}", file=sys.stderr)
-    sys.exit(1)
+  args = parse_args(argv)
+  with console.for_command(args.command, verbose=args.verbose) as quiet:
+    try:
+      run_parsed(args)
+    except errors.RunStopped as e:
+      # Not an error: the checkpoint is saved; a distinct status lets launchers resume.
+      print(e, flush=True)
+      sys.exit(errors.EXIT_STOPPED)
+    except errors.ActionableError as e:
+      if args.traceback:
+        traceback.print_exc()
+      print(f"instruct-jax: error: {e}", file=sys.stderr)
+      sys.exit(1)
+    except Exception:  # pylint: disable=broad-except
+      if quiet is not None:  # The traceback follows; the library's log may explain it.
+        print(f"instruct-jax: the full log is in {quiet.path}", file=sys.stderr)
+      raise

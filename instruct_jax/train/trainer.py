@@ -30,6 +30,7 @@ from instruct_jax.errors import RunStopped
 from instruct_jax.models import api
 from instruct_jax.train import metrics_writer
 from instruct_jax.train import partitioning
+from instruct_jax.train import run_messages
 from instruct_jax.train import state as state_lib
 from instruct_jax.train.state import TrainState
 
@@ -42,6 +43,19 @@ class NonFiniteLossError(ActionableError, RuntimeError):
 
 class DivergenceError(ActionableError, RuntimeError):
   """Raised when the gradient stays exactly zero: the model collapsed and cannot recover."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalEvalResult:
+  """What a `final_eval_fn` reports back: a line for the summary, the mixture it evaluated."""
+  headline: str
+  mixture_or_task_name: str
+
+
+# final_eval_fn(trainer, params, step, initial_params): called once a launch reaches
+# TOTAL_STEPS; initial_params() rebuilds the params training started from (same seed or
+# INITIAL_CHECKPOINT_PATH). It prints and writes its own report.
+FinalEvalFn = Callable[["Trainer", Any, int, Callable[[], Any]], FinalEvalResult]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -463,6 +477,8 @@ def train(*,
           take_over_lease: bool = False,
           run_config: Optional[str] = None,
           zero_grad_patience: Optional[int] = 5,
+          final_eval_fn: Optional[FinalEvalFn] = None,
+          console_log: Optional[Callable[[str], Optional[str]]] = None,
          ) -> TrainState:
   """Trains `model` on a seqio task/mixture until `total_steps`, resuming if possible.
 
@@ -482,12 +498,21 @@ def train(*,
   (CheckpointSaveError); a gradient norm of exactly 0.0 for `zero_grad_patience`
   logged steps in a row (None or 0: never) stops it with DivergenceError.
 
+  The console (process 0) gets a banner once the state is ready (MODEL_DIR,
+  model, mesh, data, fresh start / fine-tuning / resuming), a progress line
+  every `log_period` steps whose rate and ETA leave out the first step's
+  compilation, and, once TOTAL_STEPS is reached, `final_eval_fn`'s report and a
+  summary ending with an `instruct-jax eval` command for the final checkpoint.
+  `console_log(model_dir)` (the CLI's console.move_log_into) is called once
+  the run holds MODEL_DIR and returns where the command's log now is.
+
   MODEL_DIR/run.json (checkpoints.layout.RunStatus) says "running" from the
   restore on, then "finished" (the state is returned), "stopped" (SIGTERM /
   SIGINT: the checkpoint is saved and RunStopped raised; rerunning resumes) or
   "failed", so tools need not guess a run's outcome from its checkpoints and
   logs. A launch refused the lease writes nothing in MODEL_DIR.
   """
+  launch_start = time.time()
   for cfg in (train_dataset_cfg, train_eval_dataset_cfg):
     if cfg is not None and cfg.module:
       pipeline.import_registry_module(cfg.module)
@@ -498,8 +523,9 @@ def train(*,
   input_shapes = pipeline.model_input_shapes(train_dataset_cfg, feature_converter)
   trainer = Trainer(model, optimizer, partitioner, input_shapes,
                     num_microbatches=num_microbatches, random_seed=random_seed)
-  logging.info("Mesh %s; %d parameters.", partitioner.describe(),
-               sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_params)))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_params))
+  logging.info("Mesh %s; %d parameters.", partitioner.describe(), num_params)
+  chief = jax.process_index() == 0
 
   dataset = pipeline.get_dataset(train_dataset_cfg, jax.process_index(), jax.process_count(),
                                  feature_converter)
@@ -508,8 +534,10 @@ def train(*,
 
   # From here on MODEL_DIR is ours: every exit records its outcome in run.json.
   lease = _take_lease(model_dir, take_over_lease)
+  log_path = console_log(model_dir) if console_log is not None else None
   checkpointer = reporter = None
   failing = True
+  config_path = None
   try:
     try:
       checkpointer = run_checkpointer.Checkpointer(model_dir, checkpoint_cfg.save_period,
@@ -532,23 +560,31 @@ def train(*,
       step = int(state.step)
 
       if resumed and step >= total_steps:
-        line = (f"The run in {model_dir} already finished (step {step} of {total_steps}); "
-                "nothing to do.")
+        line = run_messages.finished_line(model_dir, step, total_steps)
         logging.info(line)
-        if jax.process_index() == 0:
-          print(line, flush=True)  # like the progress lines: the console says why nothing ran
+        if chief:
+          print(line, flush=True)  # the console's one line: why nothing ran
         _record_run_status(model_dir, total_steps, step, layout.FINISHED)
         failing = False
         return state
 
-      if run_config is not None and jax.process_index() == 0:
-        logging.info("Recorded this launch's config in %s.",
-                     layout.record_config(model_dir, run_config))
+      start_step = step
+      if chief:
+        print(run_messages.banner(
+            model_dir=model_dir, model_line=run_messages.describe_model(model, num_params),
+            mesh=dict(partitioner.mesh.shape), mixture=train_dataset_cfg.mixture_or_task_name,
+            feature_lengths=train_dataset_cfg.task_feature_lengths,
+            batch_size=train_dataset_cfg.batch_size, total_steps=total_steps,
+            start=run_messages.start_mode(step if resumed else None, initial_checkpoint_path),
+            log_path=log_path), flush=True)
+      if run_config is not None and chief:
+        config_path = layout.record_config(model_dir, run_config)
+        logging.info("Recorded this launch's config in %s.", config_path)
       checkpointer.check_free_space(_host_state_bytes(trainer.abstract_state))
       eval_feature_converter = model.feature_converter(pack=False)
       reporter = metrics_writer.MetricsReporter(model_dir, total_steps, resume_step=step)
       step_tokens = tokens_per_step(input_shapes)
-      reporter.timing(step, step_tokens)
+      last_train, last_eval = {}, {}
       zero_grads = _ZeroGradientGuard(zero_grad_patience, step)
       pending = None  # (step, metrics) of the last dispatched step, checked one step late.
       _record_run_status(model_dir, total_steps, step, layout.RUNNING)
@@ -556,11 +592,20 @@ def train(*,
           "%s received: will checkpoint and stop after the current step.", name)) as stop:
         while step < total_steps and not stop.requested:
           batch = next(data_iterator)
+          first_step_start = time.time()
           state, metrics = trainer.train_step(state, batch)
           if pending is not None:
             _check_step(pending, checkpointer)
           step += 1
           pending = (step, metrics)
+          if step == start_step + 1:
+            # Rates and the ETA count from here: the first step is mostly compilation.
+            jax.block_until_ready(metrics)
+            reporter.restart_clock(step)
+            line = f"step {step}: compiled and ran in {time.time() - first_step_start:.1f}s"
+            logging.info(line)
+            if chief:
+              print(line, flush=True)
 
           is_last = step == total_steps
           if step % log_period == 0 or is_last:
@@ -570,6 +615,7 @@ def train(*,
             reporter.write(step, scalars)
             reporter.print_progress(step, scalars)
             zero_grads.update(step, scalars)
+            last_train = scalars
             _heartbeat(model_dir, lease)
           if eval_period and (step % eval_period == 0 or is_last):
             scalars = {}
@@ -581,6 +627,8 @@ def train(*,
             if scalars:
               reporter.write(step, scalars)
               reporter.print_eval(step, scalars)
+              last_eval = scalars
+            reporter.restart_clock(step)  # the rate of training steps leaves evals out
           forced = is_last or stop.requested
           if checkpointer.should_save(step) or forced:
             _check_step(pending, checkpointer)
@@ -610,4 +658,20 @@ def train(*,
       lease.release()
   if stopped is not None:
     raise RunStopped(stopped)  # the CLI prints it and exits with EXIT_STOPPED
+
+  final_eval = None
+  if final_eval_fn is not None:
+    def initial_params():
+      if initial_checkpoint_path:
+        return params_io.load_params(initial_checkpoint_path, trainer.abstract_params)
+      return trainer.init_state(random_seed).params
+    final_eval = final_eval_fn(trainer, state.params, step, initial_params)
+  if chief:
+    eval_mixture = (final_eval.mixture_or_task_name if final_eval is not None else
+                    (train_eval_dataset_cfg or train_dataset_cfg).mixture_or_task_name)
+    print(run_messages.summary(run_messages.RunOutcome(
+        model_dir=model_dir, start_step=start_step, step=step, total_steps=total_steps,
+        tokens_per_step=step_tokens, seconds=time.time() - launch_start, train=last_train,
+        evals=last_eval, final_eval=final_eval.headline if final_eval is not None else None,
+        config_path=config_path, eval_mixture=eval_mixture, log_path=log_path)), flush=True)
   return state
