@@ -45,6 +45,13 @@ SWEEPS = ("flan-holdout",)
 LAUNCHERS = ("auto", "subprocess", "in_process")
 
 
+def common(parser: argparse.ArgumentParser) -> None:
+  """Flags every command takes (besides the gin and multi-host ones in cli/__init__.py)."""
+  parser.add_argument("--verbose", action="store_true",
+                      help="Show every library log line and warning (TensorFlow/XLA, absl, "
+                           "seqio) on the console instead of only in the command's log file.")
+
+
 def train(parser: argparse.ArgumentParser) -> None:
   # Everything else is configured through gin.
   parser.add_argument("--force", action="store_true",
