@@ -14,6 +14,7 @@ load without any renaming or reshaping.
 import functools
 import math
 import operator
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -21,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from instruct_jax.errors import UsageError
 
 Array = jax.Array
 Dtype = Any
@@ -368,6 +371,7 @@ class NetworkConfig:
   """
 
   def __post_init__(self):
+    _check_field_values(self)
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
     remat_policy(self.remat_policy)
     try:
@@ -379,6 +383,30 @@ class NetworkConfig:
   @property
   def activation_dtype(self):
     return jnp.dtype(self.dtype)
+
+
+def _check_field_values(config: Any) -> None:
+  """Every int field a positive integer, every bool a bool, float fields (dropout) in [0, 1).
+
+  A gin value such as `num_heads = 4.5` would otherwise fail deep inside flax with a
+  traceback that never names the field.
+  """
+  selector = f"{type(config).__module__.rsplit('.', 1)[-1]}.{type(config).__name__}"
+  for name, kind in typing.get_type_hints(type(config)).items():
+    value = getattr(config, name)
+    if kind is int:
+      ok, expected = (isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                      "a positive integer")
+    elif kind is bool:
+      ok, expected = isinstance(value, bool), "True or False"
+    elif kind is float:
+      ok, expected = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and 0 <= value < 1, "a number in [0, 1)")
+    else:
+      continue
+    if not ok:
+      raise UsageError(f"{selector}.{name} = {value!r} must be {expected} (set in the model "
+                       f"gin, or with --gin.{selector}.{name}=...).")
 
 
 def remat_policy(name: str) -> Optional[Callable[..., bool]]:
