@@ -2,7 +2,9 @@
 
 A small SentencePiece model is trained in a fixture on generated text, bound in
 a tiny model gin exactly as the real model gins bind the public T5 vocabulary,
-and used end to end: tokenising a seqio task, feeding the model, decoding.
+and used end to end: tokenising a seqio task, feeding the model, decoding. A
+Llama 2 / Mistral style model (BPE with byte fallback, unk 0, bos 1, eos 2) does
+the same for the decoder-only model.
 """
 import io
 import os
@@ -23,6 +25,7 @@ from instruct_jax.data import pipeline
 PUBLIC_T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 PIECES = 256
 EXTRA_IDS = 10
+LLAMA_STYLE_PIECES = 400
 
 
 def _sentences(count, seed):
@@ -83,8 +86,17 @@ def test_gin_bound_vocabulary_trains_a_tiny_model(sentencepiece_file, tmp_path, 
   ids = vocab.encode(text)
   assert vocab.decode(ids) == text and max(ids) < PIECES
 
-  task_name = "test_vocabulary_sentencepiece_task"
   inputs, targets = _sentences(16, seed=1), _sentences(16, seed=2)
+  batch = _first_batch(model, inputs, targets)
+  assert vocab.decode(batch["decoder_target_tokens"][0].tolist()) == targets[0]
+  assert vocab.decode(batch["encoder_input_tokens"][1].tolist()) == inputs[1]
+  _assert_finite_loss(model, batch)
+
+
+def _first_batch(model, inputs, targets):
+  """The first batch of a seqio task over (inputs, targets), through the model's converter."""
+  vocab = model.output_vocabulary
+  task_name = "test_vocabulary_sentencepiece_task"
   seqio.TaskRegistry.add(
       task_name,
       source=seqio.FunctionDataSource(
@@ -98,16 +110,61 @@ def test_gin_bound_vocabulary_trains_a_tiny_model(sentencepiece_file, tmp_path, 
         split="train", batch_size=8, shuffle=False, seed=0)
     dataset = pipeline.get_dataset(cfg, 0, 1, model.feature_converter(pack=False),
                                    repeat=False)
-    batch = next(iter(dataset.as_numpy_iterator()))
+    return next(iter(dataset.as_numpy_iterator()))
   finally:
     seqio.TaskRegistry.remove(task_name)
 
-  assert vocab.decode(batch["decoder_target_tokens"][0].tolist()) == targets[0]
-  assert vocab.decode(batch["encoder_input_tokens"][1].tolist()) == inputs[1]
+
+def _assert_finite_loss(model, batch):
   shapes = {k: v.shape for k, v in batch.items()}
   params = nn.meta.unbox(jax.jit(lambda rng: model.init_params(rng, shapes))(jax.random.key(0)))
   loss, metrics = jax.jit(lambda p, b: model.loss_fn(p, b, None))(params, batch)
   assert np.isfinite(float(loss)) and float(metrics["num_tokens"]) > 0
+
+
+@pytest.fixture(scope="module")
+def llama_style_sentencepiece_file(tmp_path_factory):
+  """BPE with byte fallback and Llama 2 / Mistral's ids: unk 0, bos 1, eos 2, no pad."""
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter(_sentences(2000, seed=0)), model_writer=model,
+      vocab_size=LLAMA_STYLE_PIECES, model_type="bpe", byte_fallback=True, unk_id=0,
+      bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2)
+  path = tmp_path_factory.mktemp("llama_style") / "tokenizer.model"
+  path.write_bytes(model.getvalue())
+  return str(path)
+
+
+def test_llama_style_sentencepiece_feeds_the_decoder_only_model(
+    llama_style_sentencepiece_file, tmp_path, clean_gin):
+  """seqio's padding id 0 is Llama 2's <unk>, which never carries text with byte fallback."""
+  model = _model_from_gin(f"""
+include 'models/decoder_only/tiny.gin'
+
+from __gin__ import dynamic_registration
+import seqio
+
+VOCABULARY = @seqio.SentencePieceVocabulary()
+seqio.SentencePieceVocabulary.sentencepiece_model_file = '{llama_style_sentencepiece_file}'
+""", tmp_path, ["ACTIVATION_DTYPE = 'float32'", "decoder.DecoderConfig.vocab_size = 512"])
+  vocab = model.output_vocabulary
+  assert (vocab.pad_id, vocab.unk_id, vocab.bos_id, vocab.eos_id) == (0, 0, 1, 2)
+  assert vocab.vocab_size == LLAMA_STYLE_PIECES <= model.module.config.vocab_size
+  unseen = "naïve 🙂 — 東京"  # characters the training text lacks: byte fallback pieces
+  ids = vocab.encode(unseen)
+  assert vocab.unk_id not in ids and vocab.decode(ids) == unseen
+  assert vocab.decode(ids + [vocab.eos_id, 5]) == unseen
+  assert vocab.decode_tf(tf.constant(ids)).numpy().decode() == unseen
+
+  inputs, targets = _sentences(8, seed=3), [t + " 🙂" for t in _sentences(8, seed=4)]
+  batch = _first_batch(model, inputs, targets)
+  prompt = vocab.encode(inputs[0]) + [vocab.eos_id]
+  answer = vocab.encode(targets[0]) + [vocab.eos_id]
+  tokens = batch["decoder_target_tokens"][0]
+  assert tokens[:len(prompt) + len(answer)].tolist() == prompt + answer
+  assert batch["decoder_loss_weights"][0].sum() == len(answer)
+  assert vocab.decode(tokens[len(prompt):].tolist()) == targets[0]
+  _assert_finite_loss(model, batch)
 
 
 def test_vocabulary_file_is_read_through_gfile(sentencepiece_file, tmp_path, clean_gin):
