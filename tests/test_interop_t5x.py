@@ -8,6 +8,7 @@ sub-directories named after the parameter path ('/' -> '.'), referenced from
 the msgpack by a tensorstore spec whose kvstore path is relative.
 """
 import os
+import re
 
 import flax.linen as nn
 from flax import serialization
@@ -19,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorstore as ts
 
+from instruct_jax import cli
 from instruct_jax.checkpoints import conversion as convert
 from instruct_jax.checkpoints import t5x
 from instruct_jax.checkpoints import adafactor_carry_over
@@ -271,6 +273,60 @@ def test_convert_from_t5x_writes_our_checkpoint_and_gin(tmp_path):
   fmt, read = params_io.read_params(str(tmp_path / "ours"))
   assert fmt == params_io.ORBAX_TRAIN_STATE
   jax.tree.map(np.testing.assert_array_equal, read, params)
+
+
+def test_convert_accepts_the_msgpack_file_and_a_relative_output(tmp_path, monkeypatch):
+  _, params = _model_and_params(seed=4)
+  write_legacy_t5x_checkpoint(str(tmp_path / "checkpoint_3"), params, step=3)
+  monkeypatch.chdir(tmp_path)
+  convert.convert_to_ours("checkpoint_3/checkpoint", "ours", "t5x")
+  _, read = params_io.read_params(str(tmp_path / "ours"))
+  jax.tree.map(np.testing.assert_array_equal, read, params)
+
+
+def _break_checkpoint(checkpoint, how):
+  """A path to convert that is wrong in the way `how` says."""
+  array = checkpoint / "target.decoder.layers_0.mlp.wo.kernel"
+  if how == "array directory":
+    return array
+  if how == "file in an array":
+    return array / ".zarray"
+  if how == "zarr metadata missing":
+    (array / ".zarray").unlink()
+  elif how == "msgpack missing":
+    (checkpoint / t5x.CHECKPOINT_FILE).unlink()
+  elif how == "msgpack unreadable":
+    (checkpoint / t5x.CHECKPOINT_FILE).write_bytes(b"not msgpack at all")
+  elif how == "unrelated file":
+    (checkpoint.parent / "notes.txt").write_text("hello")
+    return checkpoint.parent / "notes.txt"
+  return checkpoint
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("array directory", r"is an array directory inside the t5x checkpoint \S*checkpoint_3, not "
+                        r"the checkpoint itself; pass \S*checkpoint_3\."),
+    ("file in an array", r"is a file inside the t5x checkpoint \S*checkpoint_3"),
+    ("zarr metadata missing", r"lists an array whose tensorstore files are missing \(.*"
+                              r"mlp\.wo\.kernel/\.zarray. does not exist\)"),
+    ("msgpack missing", "holds t5x arrays .* but not the msgpack file `checkpoint`"),
+    ("msgpack unreadable", "checkpoint_3/checkpoint is not a readable t5x msgpack file"),
+    ("unrelated file", "notes.txt is a file, not a t5x checkpoint directory"),
+])
+def test_convert_names_what_is_wrong_with_a_t5x_path(tmp_path, capsys, how, expected):
+  _, params = _model_and_params(seed=4)
+  write_legacy_t5x_checkpoint(str(tmp_path / "checkpoint_3"), params, step=3)
+  bad = _break_checkpoint(tmp_path / "checkpoint_3", how)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["convert", "--from", "t5x", "--input", str(bad), "--output",
+              str(tmp_path / "ours")])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  assert re.search(expected, err), err
+  assert "Traceback" not in err
+  if how not in ("array directory", "file in an array"):
+    assert "Expected a t5x checkpoint_<step> directory: the msgpack file" in err
+  assert not (tmp_path / "ours").exists()
 
 
 def test_spec_paths_resolve_against_the_checkpoint_dir():

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from instruct_jax.checkpoints import hf
 from instruct_jax.checkpoints import params_io
+from instruct_jax.checkpoints import t5x
 from instruct_jax.errors import UsageError
 from instruct_jax.models.networks import t5
 
@@ -136,11 +137,17 @@ def convert_to_ours(input_path: str, output: str, source_format: str,
                        f"{hf.SAFETENSORS_INDEX_FILE}).")
     config, params, hf_config = hf.load_hf_checkpoint(input_path)
   else:
-    fmt, params = params_io.read_params(input_path)
+    t5x.check_checkpoint_path(input_path)
+    try:
+      fmt, params = params_io.read_params(input_path)
+    except FileNotFoundError as e:
+      raise UsageError(f"--from t5x: {e}") from None
     if fmt not in (params_io.T5X_LEGACY, params_io.T5X_ORBAX):
       raise UsageError(f"--from t5x but {input_path} is a {fmt} checkpoint.")
     params = _as_float32(params)
     config = hf.infer_t5_config(params)
+  if "://" not in output:
+    output = os.path.abspath(output)  # orbax writes to absolute paths only
   _prepare_output(output, overwrite)
   params_io.save_params(output, params)
   _write_text(os.path.join(output, MODEL_GIN_FILE), model_gin_text(config, input_path, output))

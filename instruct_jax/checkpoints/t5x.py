@@ -42,12 +42,58 @@ CHECKPOINT_FILE = "checkpoint"
 # Format version 3 (t5x, since mid 2021) writes bfloat16 natively to tensorstore.
 NATIVE_BFLOAT16_VERSION = 3
 _GCS_PATH = re.compile(r"^gs://([^/]+)/?(.*)$", re.DOTALL)
+# Quoted by the errors about paths that are not a readable t5x checkpoint.
+EXPECTED_LAYOUT = (
+    "Expected a t5x checkpoint_<step> directory: the msgpack file `checkpoint` plus one "
+    "tensorstore (zarr) directory per large array, named after its parameter path (e.g. "
+    "target.encoder.layers_0.attention.query.kernel/, holding .zarray and the chunks); t5x's "
+    "orbax checkpoints hold a state/ directory instead. Pass that checkpoint_<step> "
+    "directory, or the run directory above it.")
 
 
 def is_legacy_checkpoint(directory: str) -> bool:
   """A t5x checkpoint_<step> directory: it holds the msgpack file `checkpoint`."""
   return not tf.io.gfile.isdir(os.path.join(directory, CHECKPOINT_FILE)) and tf.io.gfile.exists(
       os.path.join(directory, CHECKPOINT_FILE))
+
+
+def _enclosing_checkpoint(path: str) -> Optional[str]:
+  """The legacy checkpoint directory that `path` lies in (one or two levels up), if any."""
+  parent = os.path.dirname(path)
+  for _ in range(2):
+    if parent and is_legacy_checkpoint(parent):
+      return parent
+    parent = os.path.dirname(parent)
+  return None
+
+
+def check_checkpoint_path(path: str) -> None:
+  """UsageError naming the mistake when `path` cannot be a t5x checkpoint; else nothing.
+
+  Catches, before any reading, what a hand-typed path gets wrong: a file or an
+  array directory inside a checkpoint instead of the checkpoint, and a copy
+  without the msgpack file. Other paths (orbax layouts, a run directory) are
+  left to checkpoints.params_io to recognise.
+  """
+  gfile = tf.io.gfile
+  path = path.rstrip("/")
+  if not gfile.exists(path):
+    raise UsageError(f"{path} does not exist. {EXPECTED_LAYOUT}")
+  if is_legacy_checkpoint(path) or (os.path.basename(path) == CHECKPOINT_FILE
+                                    and not gfile.isdir(path)):
+    return  # The checkpoint, or its msgpack file (whose directory is read).
+  inside = _enclosing_checkpoint(path)
+  if inside is not None:
+    what = "an array directory" if gfile.isdir(path) else "a file"
+    raise UsageError(f"{path} is {what} inside the t5x checkpoint {inside}, not the checkpoint "
+                     f"itself; pass {inside}.")
+  if not gfile.isdir(path):
+    raise UsageError(f"{path} is a file, not a t5x checkpoint directory. {EXPECTED_LAYOUT}")
+  if any(name.startswith("target.") for name in gfile.listdir(path)):
+    raise UsageError(
+        f"{path} holds t5x arrays (target.* directories) but not the msgpack file "
+        f"`{CHECKPOINT_FILE}` that lists them: the copy is incomplete; copy the whole "
+        f"checkpoint_<step> directory. {EXPECTED_LAYOUT}")
 
 
 def is_tensorstore_spec(node: Any) -> bool:
@@ -93,7 +139,16 @@ class LazyArray:
 
   def __init__(self, spec: Mapping[str, Any], checkpoint_dir: str, version: int):
     self.spec = absolute_spec(spec, checkpoint_dir)
-    self._store = ts.open(self.spec, open=True, read=True).result()
+    try:
+      self._store = ts.open(self.spec, open=True, read=True).result()
+    except ValueError as e:
+      if "NOT_FOUND" not in str(e):
+        raise
+      reason = str(e).split(" [tensorstore_spec", 1)[0]
+      raise UsageError(
+          f"The t5x checkpoint {checkpoint_dir} lists an array whose tensorstore files are "
+          f"missing ({reason}): the copy is incomplete; copy the whole checkpoint_<step> "
+          f"directory. {EXPECTED_LAYOUT}") from None
     self.shape = tuple(int(d) for d in self._store.shape)
     dtype = np.dtype(self._store.dtype.numpy_dtype)
     # Before version 3, t5x cast bfloat16 to uint16 to store it.
@@ -133,7 +188,13 @@ class LegacyCheckpoint:
       directory = os.path.dirname(directory)  # The msgpack file itself was given.
     self.directory = directory
     with tf.io.gfile.GFile(os.path.join(directory, CHECKPOINT_FILE), "rb") as f:
-      contents = serialization.msgpack_restore(f.read())
+      data = f.read()
+    try:
+      contents = serialization.msgpack_restore(data)
+    except ValueError as e:  # msgpack's errors: truncated file, not msgpack at all
+      raise UsageError(f"{directory}/{CHECKPOINT_FILE} is not a readable t5x msgpack file "
+                       f"({e}); copy it again from the original checkpoint. "
+                       f"{EXPECTED_LAYOUT}") from None
     if not isinstance(contents, Mapping) or "optimizer" not in contents:
       raise UsageError(
           f"{directory}/{CHECKPOINT_FILE} is not a t5x checkpoint: expected a msgpack dict "
