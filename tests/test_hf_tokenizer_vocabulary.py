@@ -130,6 +130,8 @@ def test_tf_encode_and_decode_match_python(vocab):
   assert vocab.decode_tf(padded).numpy().tolist() == as_bytes
   assert vocab.decode_tf(tf.reshape(padded, [5, 5, -1])).numpy().reshape(-1).tolist() == as_bytes
   assert vocab.decode_tf(tf.constant(with_eos[0])).numpy() == as_bytes[0]
+  nested = tf.ragged.constant([with_eos[:2], with_eos[2:5]], dtype=tf.int32)
+  assert vocab.decode_tf(nested).to_list() == [as_bytes[:2], as_bytes[2:5]]
   assert [vocab.decode(ids) for ids in padded.numpy().tolist()] == texts
 
 

@@ -146,8 +146,8 @@ class HuggingFaceTokenizerVocabulary(seqio.Vocabulary):
     loaded = self._load()
     dropped = {self.pad_id, loaded.eos_id, loaded.bos_id}
     end = loaded.id_offset + loaded.tokenizer_size + self.extra_ids
-    tokenizer_ids = [int(i) - loaded.id_offset for i in ids
-                     if loaded.id_offset <= int(i) < end and int(i) not in dropped]
+    tokenizer_ids = [i - loaded.id_offset for i in map(int, ids)
+                     if loaded.id_offset <= i < end and i not in dropped]
     return loaded.tokenizer.decode(tokenizer_ids, skip_special_tokens=True)
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
@@ -177,8 +177,7 @@ class HuggingFaceTokenizerVocabulary(seqio.Vocabulary):
   def _decode_tf(self, ids: Union[tf.Tensor, tf.RaggedTensor]) -> tf.Tensor:
     """Decodes the last axis: [..., length] ids (dense or ragged) give [...] strings."""
     if isinstance(ids, tf.RaggedTensor):
-      rows = tf.RaggedTensor.from_row_splits(ids.flat_values, ids.nested_row_splits[-1])
-      texts = self._decode_rows_tf(rows.values, rows.row_splits)
+      texts = self._decode_rows_tf(ids.flat_values, ids.nested_row_splits[-1])
       if ids.ragged_rank > 1:
         return tf.RaggedTensor.from_nested_row_splits(texts, ids.nested_row_splits[:-1])
       return texts
