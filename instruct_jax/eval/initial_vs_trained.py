@@ -15,7 +15,6 @@ Enable it in a run gin (gin_configs/runs/smoke.gin does):
     initial_vs_trained.InitialVsTrained.mixture_or_task_name = 'smoke_holdout_rank_eval'
 """
 import collections
-import importlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,6 +24,7 @@ import jax
 import tensorflow as tf
 
 from instruct_jax.checkpoints import layout
+from instruct_jax.data import pipeline
 from instruct_jax.eval import session as session_lib
 from instruct_jax.train import trainer as trainer_lib
 
@@ -95,7 +95,7 @@ class InitialVsTrained:
   def __call__(self, trainer: Any, params: Any, step: int,
                initial_params: Callable[[], Any]) -> trainer_lib.FinalEvalResult:
     if self.module:
-      importlib.import_module(self.module)
+      pipeline.import_registry_module(self.module)
     session = session_lib.EvalSession(trainer.model, trainer.partitioner, self.batch_size,
                                       seed=self.seed)
     args = dict(num_examples=self.num_examples, seed=self.seed)
