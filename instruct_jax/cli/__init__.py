@@ -102,11 +102,7 @@ def run_command(argv: Sequence[str], join_job: bool = True) -> None:
   join_job=False skips joining a multi-process job (for commands run by a process
   that already joined one, e.g. the sweep's in-process launcher).
   """
-  run_parsed(parse_args(argv), join_job)
-
-
-def run_parsed(args: argparse.Namespace, join_job: bool = True) -> None:
-  """Runs the command of parsed flags (see run_command)."""
+  args = parse_args(argv)
   if join_job:
     runtime.keep_tensorflow_off_accelerators()
     runtime.initialize_multihost(args.coordinator_address, args.num_processes, args.process_id)
@@ -126,10 +122,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   Library noise goes to the command's log file unless --verbose (cli/console.py).
   """
   argv = sys.argv[1:] if argv is None else list(argv)
-  args = parse_args(argv)
+  args = parse_args(argv)  # --help and bad flags exit here, before a log file is opened.
   with console.for_command(args.command, verbose=args.verbose) as quiet:
     try:
-      run_parsed(args)
+      run_command(argv)
     except errors.RunStopped as e:
       # Not an error: the checkpoint is saved; a distinct status lets launchers resume.
       print(e, flush=True)
