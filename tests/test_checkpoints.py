@@ -282,17 +282,18 @@ def test_mismatched_trees_name_every_problem(make_checkpointer, tmp_path):
   with pytest.raises(ValueError) as err:
     params_io.load_params(str(tmp_path / "run"), params)
   message = str(err.value)
-  assert "missing from checkpoint: extra/kernel" in message
-  assert "unexpected in checkpoint: decoder/decoder_norm/scale" in message
-  assert ("wrong shape: token_embedder/embedding: checkpoint has (16, 8), expected (32, 8)"
+  assert "1 missing from the checkpoint: extra/kernel (model (2, 2))" in message
+  assert "only in the checkpoint: decoder/decoder_norm/scale (checkpoint (8,))" in message
+  assert ("1 of another shape: token_embedder/embedding (checkpoint (16, 8), model (32, 8))"
           in message)
 
   other_optimizer = state.replace(opt_state=optax.sgd(0.1, momentum=0.9).init(state.params))
   with pytest.raises(ValueError) as err:
     ckpt.restore(_abstract(other_optimizer, _single_device))
   message = str(err.value)
-  assert "missing from checkpoint: opt_state/0/trace/token_embedder/embedding" in message
-  assert "unexpected in checkpoint: opt_state/0/v_row/" in message
+  assert "missing from the checkpoint: opt_state/0/trace/decoder/" in message
+  assert "only in the checkpoint: opt_state/0/count" in message
+  assert "the optimizer differs" in message and "INITIAL_CHECKPOINT_PATH" in message
 
 
 _TWO_PROCESS_WORKER = r'''

@@ -172,9 +172,10 @@ def test_mismatch_lists_missing_unexpected_and_wrong_shapes(tmp_path):
     params_io.load_params(str(tmp_path / "checkpoint_1"), abstract)
   message = str(err.value)
   assert params_io.T5X_LEGACY in message
-  assert "missing from checkpoint: encoder/layers_0/mlp/wi/kernel" in message
-  assert "unexpected in checkpoint: decoder/layers_1/mlp/wo/kernel" in message
-  assert ("wrong shape: token_embedder/embedding: checkpoint has (384, 64), expected (512, 64)"
+  assert "missing from the checkpoint: decoder/layers_0/mlp/wi/kernel" in message
+  assert "only in the checkpoint: decoder/layers_0/mlp/wi_0/kernel" in message
+  assert ("2 of another shape: decoder/logits_dense/kernel (checkpoint (64, 384), model "
+          "(64, 512)), token_embedder/embedding (checkpoint (384, 64), model (512, 64))"
           in message)
   assert "model gin" in message
 

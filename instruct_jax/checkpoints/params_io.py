@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from instruct_jax.checkpoints import hf
 from instruct_jax.checkpoints import layer_layout
 from instruct_jax.checkpoints import layout
+from instruct_jax.checkpoints import mismatch
 from instruct_jax.checkpoints import orbax_trees
 from instruct_jax.checkpoints import t5x
 
@@ -123,8 +124,8 @@ def load_params(path: str, abstract_params: Any) -> Any:
   Face T5). Arrays are cast to the dtypes of `abstract_params` (float32), and
   layer stacks are restacked or split to the layout `abstract_params` has
   (checkpoints.layer_layout), so scanned and unrolled runs read each other's
-  checkpoints. Raises one ValueError listing every missing, unexpected and wrong-shaped
-  parameter.
+  checkpoints. A model that does not fit raises one CheckpointMismatchError (a
+  ValueError) naming the first differing params and the model gin that fits.
   """
   fmt, location = detect_checkpoint_format(path)
   if fmt in _PARAMS_KEY:
@@ -182,14 +183,25 @@ def save_params(directory: str, params: Any) -> None:
                 args=ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardSave({"params": params})}))
 
 
-def _mismatch_error(location: Any, problems: list[str], fmt: str) -> ValueError:
-  hint = ("Check that the model gin config (sizes, logits_via_embedding, mlp_activations, "
-          "number of layers) matches the checkpoint's model.")
+def _mismatch_error(location: Any, abstract_params: Any, found: Any,
+                    fmt: str) -> mismatch.CheckpointMismatchError:
+  """Which params differ, and the model gin that would fit (one paragraph)."""
+  location = epath.Path(location)
+  # Our checkpoints live in MODEL_DIR/checkpoint_<step>/state; the run's record is in MODEL_DIR.
+  recorded = next(filter(None, (mismatch.recorded_sizes(str(d)) for d in (
+      location.parent, location.parent.parent))), None) if fmt == ORBAX_TRAIN_STATE else None
+  if recorded:
+    hint = (f"The run that wrote it recorded its model in {recorded}: use that model gin "
+            "and those sizes.")
+  else:
+    hint = ("Use the model gin of the checkpoint's model (sizes, number of layers, "
+            "logits_via_embedding, mlp_activations).")
   if fmt == HF_SAFETENSORS:
     hint += (" `instruct-jax convert --from hf` writes the matching model gin next to the "
              "converted checkpoint.")
-  return ValueError(f"The params in {location} ({fmt}) do not match the model being "
-                    "initialised:\n" + "\n".join(problems) + "\n" + hint)
+  return mismatch.CheckpointMismatchError(
+      f"The params in {location} ({fmt}) do not match the model being initialised. "
+      f"{mismatch.describe(abstract_params, found, 'model')}. {hint}")
 
 
 def _load_orbax_subtree(state_dir: epath.Path, key: str, abstract_params: Any,
@@ -202,9 +214,8 @@ def _load_orbax_subtree(state_dir: epath.Path, key: str, abstract_params: Any,
     # Written with the other scan_layers setting: read on the host, then restack or split.
     return _place_on_devices(_read_orbax_subtree(state_dir, key), abstract_params, state_dir,
                              fmt)
-  problems = orbax_trees.tree_mismatches(abstract_params, saved[key])
-  if problems:
-    raise _mismatch_error(state_dir, problems, fmt)
+  if orbax_trees.tree_mismatches(abstract_params, saved[key]):
+    raise _mismatch_error(state_dir, abstract_params, saved[key], fmt)
   target = {key: orbax_trees.with_target_shardings(abstract_params)}
   # partial_restore: read the params subtree only; optimizer state and step stay on disk.
   with ocp.PyTreeCheckpointer() as reader:
@@ -227,9 +238,8 @@ def _place_on_devices(source: Any, abstract_params: Any, location: Any, fmt: str
   stacks are converted to the layout of `abstract_params` first.
   """
   source = layer_layout.match_layout(source, abstract_params)
-  problems = orbax_trees.tree_mismatches(abstract_params, source)
-  if problems:
-    raise _mismatch_error(location, problems, fmt)
+  if orbax_trees.tree_mismatches(abstract_params, source):
+    raise _mismatch_error(location, abstract_params, source, fmt)
   targets = jax.tree.leaves(orbax_trees.with_target_shardings(abstract_params))
   by_name = {_key_name(path): leaf
              for path, leaf in jax.tree_util.tree_flatten_with_path(source)[0]}

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from instruct_jax import errors
 from instruct_jax.checkpoints import layout
+from instruct_jax.checkpoints import mismatch
 from instruct_jax.checkpoints import orbax_trees
 from instruct_jax.errors import ActionableError
 
@@ -224,7 +225,7 @@ class Checkpointer:
     and the next older one is tried, so a run loses at most one save period of
     work instead of all of it. Which step was restored: int(state.step), or
     `self.restored_step`. A TrainState that does not match `abstract_state` is a
-    configuration mistake, not corruption, and stays a hard ValueError.
+    configuration mistake, not corruption: a CheckpointMismatchError, at once.
     """
     self.wait_until_finished()
     available = sorted(self._manager.all_steps())
@@ -280,13 +281,8 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       error = e
     if error is None:
-      problems = orbax_trees.tree_mismatches(abstract_state, saved)
-      if problems:
-        raise ValueError(
-            f"The TrainState in {step_dir} does not match the model/optimizer being "
-            "restored:\n" + "\n".join(problems) + "\nRestore with the same model and "
-            "optimizer configuration that wrote it, or start a fresh MODEL_DIR and "
-            "use INITIAL_CHECKPOINT_PATH to load only the params.")
+      if orbax_trees.tree_mismatches(abstract_state, saved):
+        raise self._mismatch_error(step_dir, abstract_state, saved)
       try:
         state = self._restore_items(step, step_dir, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except
@@ -298,6 +294,29 @@ class Checkpointer:
     self.restored_step = step
     logging.info("Restored checkpoint for step %d from %s.", step, step_dir)
     return state, None
+
+  def _mismatch_error(self, step_dir: epath.Path, abstract_state: Any,
+                      saved: Any) -> mismatch.CheckpointMismatchError:
+    """The TrainState in `step_dir` does not fit: which arrays, and what to relaunch with."""
+    params = saved.get("params")
+    if orbax_trees.tree_mismatches(abstract_state.params, params):
+      differences = mismatch.describe(abstract_state.params, params, "model's params")
+      recorded = mismatch.recorded_sizes(str(self.model_dir))
+      fix = ((f"The run that wrote it recorded its model in {recorded}: relaunch with that "
+              "model gin and those sizes" if recorded else
+              "Relaunch with the model gin that wrote it") +
+             ", or train this model in a fresh MODEL_DIR (INITIAL_CHECKPOINT_PATH loads the "
+             "params of a checkpoint whose model matches).")
+    else:
+      differences = mismatch.describe(abstract_state, saved, "TrainState")
+      record = layout.latest_config(str(self.model_dir))
+      fix = ("Its params fit, so the optimizer differs from the one that wrote it (OPTIMIZER "
+             "and the optimizers.* bindings" + (f", recorded in {record}" if record else "") +
+             "): relaunch with that optimizer, or keep only the params by starting a fresh "
+             f"MODEL_DIR with --gin.INITIAL_CHECKPOINT_PATH=\"'{step_dir}'\".")
+    return mismatch.CheckpointMismatchError(
+        f"The TrainState in {step_dir} does not match the model/optimizer being restored. "
+        f"{differences}. {fix}")
 
   def _restore_items(self, step: int, step_dir: epath.Path, abstract_state: Any,
                      data_iterator: Any) -> Any:
