@@ -41,6 +41,7 @@ class DecoderConfig(layers.NetworkConfig):
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   remat_policy: str = "none"
+  attention_implementation: str = "einsum"  # or "fused" (networks.attention)
   scan_layers: bool = False
 
 
@@ -58,7 +59,8 @@ class DecoderOnlyLayer(nn.Module):
     x = layers.RMSNorm(dtype=dtype, name="pre_self_attention_layer_norm")(inputs)
     x = layers.MultiHeadDotProductAttention(
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=dtype,
-        dropout_rate=cfg.dropout_rate, name="self_attention")(
+        dropout_rate=cfg.dropout_rate, implementation=cfg.attention_implementation,
+        name="self_attention")(
             x, x, mask, bias, deterministic=deterministic, decode=decode, prefill=prefill,
             prefill_lengths=prefill_lengths, max_decode_length=max_decode_length)
     x = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
@@ -132,27 +134,44 @@ class DecoderOnly(nn.Module):
     position.
     """
     del decoder_positions  # Relative attention needs no absolute positions.
-    if decoder_input_tokens.ndim != 2:
-      raise ValueError(f"decoder_input_tokens must be [batch, length], got shape "
-                       f"{decoder_input_tokens.shape}.")
-    if decode and not prefill:
-      mask = None  # Steps attend to the cache; the attention masks future slots.
-    else:
-      if prefill:
-        if prefill_lengths is None and decoder_causal_attention is not None:
-          prefill_lengths = jnp.sum(decoder_causal_attention, axis=-1).astype(jnp.int32)
-        if prefill_lengths is None:
-          valid = jnp.ones_like(decoder_input_tokens, jnp.int32)
-        else:
-          positions = jnp.arange(decoder_input_tokens.shape[-1], dtype=jnp.int32)[None, :]
-          valid = (positions < jnp.asarray(prefill_lengths, jnp.int32)[:, None]).astype(
-              jnp.int32)
-        decoder_target_tokens = valid
-      elif decoder_target_tokens is None:
-        raise ValueError("decoder_target_tokens is needed for the padding mask outside "
-                         "cached decoding; pass the feature converter's targets.")
-      mask = layers.decoder_attention_mask(decoder_target_tokens, jnp.bool_,
-                                           decoder_causal_attention=decoder_causal_attention,
-                                           decoder_segment_ids=decoder_segment_ids)
+    mask, prefill_lengths = self_attention_mask(
+        decoder_input_tokens, decoder_target_tokens, decoder_segment_ids,
+        decoder_causal_attention, decode, prefill, prefill_lengths)
     return self.decoder(decoder_input_tokens, mask, not enable_dropout, decode, prefill,
                         prefill_lengths, max_decode_length)
+
+
+def self_attention_mask(decoder_input_tokens: Array, decoder_target_tokens: Optional[Array],
+                        decoder_segment_ids: Optional[Array],
+                        decoder_causal_attention: Optional[Array], decode: bool, prefill: bool,
+                        prefill_lengths: Optional[Array]
+                        ) -> tuple[Optional[Array], Optional[Array]]:
+  """(self-attention mask, prefill_lengths) of a decoder-only network call.
+
+  Causal (bidirectional over a prefix LM's inputs), padding and packing masks;
+  None for a cached step. Prefill takes validity from prefill_lengths, which
+  default to sum(decoder_causal_attention) when given.
+  """
+  if decoder_input_tokens.ndim != 2:
+    raise ValueError(f"decoder_input_tokens must be [batch, length], got shape "
+                     f"{decoder_input_tokens.shape}.")
+  if decode and not prefill:
+    # Steps attend to the cache; the attention masks future slots.
+    return None, prefill_lengths
+  if prefill:
+    if prefill_lengths is None and decoder_causal_attention is not None:
+      prefill_lengths = jnp.sum(decoder_causal_attention, axis=-1).astype(jnp.int32)
+    if prefill_lengths is None:
+      valid = jnp.ones_like(decoder_input_tokens, jnp.int32)
+    else:
+      positions = jnp.arange(decoder_input_tokens.shape[-1], dtype=jnp.int32)[None, :]
+      valid = (positions < jnp.asarray(prefill_lengths, jnp.int32)[:, None]).astype(
+          jnp.int32)
+    decoder_target_tokens = valid
+  elif decoder_target_tokens is None:
+    raise ValueError("decoder_target_tokens is needed for the padding mask outside "
+                     "cached decoding; pass the feature converter's targets.")
+  mask = layers.decoder_attention_mask(decoder_target_tokens, jnp.bool_,
+                                       decoder_causal_attention=decoder_causal_attention,
+                                       decoder_segment_ids=decoder_segment_ids)
+  return mask, prefill_lengths

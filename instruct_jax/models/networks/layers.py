@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from instruct_jax.errors import UsageError
+from instruct_jax.models.networks import attention
 
 Array = jax.Array
 Dtype = Any
@@ -34,10 +35,6 @@ default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated
 attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 relpos_embedding_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 token_embedding_init = nn.initializers.normal(stddev=1.0)
-
-# Large negative logit for masked attention positions; finite so that fully
-# masked rows (padding queries) give a uniform softmax instead of NaNs.
-_MASKED_LOGIT = -1e10
 
 REMAT_POLICIES = ("none", "full", "minimal")
 
@@ -205,14 +202,29 @@ class RelativePositionBiases(nn.Module):
 
 
 class MultiHeadDotProductAttention(nn.Module):
-  """Multi-head attention without biases and without logit scaling (T5).
+  """Multi-head attention without biases: T5 by default, Llama / Mistral through options.
 
-  The 1/sqrt(head_dim) factor lives in the query kernel initialiser instead, as
-  in Mesh TensorFlow / t5x. Logits and softmax are float32.
+  T5 (the defaults): as many key/value heads as query heads, no position
+  encoding here (T5 adds a relative `bias`), and no logit scaling at runtime:
+  the 1/sqrt(head_dim) factor lives in the query kernel initialiser instead, as
+  in Mesh TensorFlow / t5x. Llama / Mistral: `num_kv_heads` < `num_heads`
+  (grouped-query attention), a `rotary` position encoding applied to queries and
+  keys at their positions, `scale_logits=True` (logits times 1/sqrt(head_dim),
+  plain query initialiser) and optionally a `sliding_window`: a query sees
+  only keys less than that many positions away. Rotary encoding and the window
+  assume self-attention (queries and keys share positions).
+
+  `implementation` picks the attention math (see networks.attention): "einsum"
+  (the reference) or "fused" (jax.nn.dot_product_attention, cuDNN on GPUs).
+  While attention dropout is active (dropout_rate > 0 and not deterministic)
+  the fused path has no dropout, so the einsum one runs instead. Logits and
+  softmax are float32 on both.
 
   Autoregressive cache (decode=True), collection "cache":
-    cached_key, cached_value: [batch, cache_length, heads, head_dim]
+    cached_key, cached_value: [batch, cache_length, kv_heads, head_dim]
     cache_index: int32 [batch], the next position each example writes.
+  Cache slot p holds the token at position p, so a cached step's position (for
+  the rotary encoding and the window) is its example's cache_index.
   Call patterns with decode=True:
     * first call, no cache yet: creates a zeroed cache of length
       `max_decode_length` (or the input length) and attends as usual
@@ -231,6 +243,12 @@ class MultiHeadDotProductAttention(nn.Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   kernel_init: Initializer = attention_kernel_init
+  num_kv_heads: Optional[int] = None  # None: num_heads.
+  # (x [batch, len, heads, head_dim], positions [batch, len]) -> x encoded at its positions.
+  rotary: Optional[Callable[[Array, Array], Array]] = None
+  scale_logits: bool = False
+  sliding_window: Optional[int] = None
+  implementation: str = "einsum"
 
   @nn.compact
   def __call__(self,
@@ -239,6 +257,7 @@ class MultiHeadDotProductAttention(nn.Module):
                mask: Optional[Array] = None,
                bias: Optional[Array] = None,
                *,
+               positions: Optional[Array] = None,
                deterministic: bool = False,
                decode: bool = False,
                prefill: bool = False,
@@ -247,40 +266,62 @@ class MultiHeadDotProductAttention(nn.Module):
     """[batch, q_len, embed] attending to [batch, kv_len, embed] -> [batch, q_len, embed].
 
     mask: [batch, 1, q_len, kv_len] (nonzero = may attend); bias: broadcastable
-    to [batch, heads, q_len, kv_len], added to the logits.
+    to [batch, heads, q_len, kv_len], added to the logits. positions:
+    [batch, q_len] int, for the rotary encoding and the window (default
+    0, 1, ...; packed rows pass positions that restart in every segment).
     """
+    attention.check_implementation(self.implementation)
     depth_scaling = math.sqrt(self.head_dim)
     base_init = self.kernel_init
 
     def query_init(*args, **kwargs):
       return base_init(*args, **kwargs) / depth_scaling
 
-    projection = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
-                                   kernel_axes=("embed", "joined_kv"), dtype=self.dtype)
-    query = projection(kernel_init=query_init, name="query")(inputs_q)
-    key = projection(kernel_init=self.kernel_init, name="key")(inputs_kv)
-    value = projection(kernel_init=self.kernel_init, name="value")(inputs_kv)
+    def projection(heads, kernel_init, name):
+      return DenseGeneral(features=(heads, self.head_dim), kernel_axes=("embed", "joined_kv"),
+                          dtype=self.dtype, kernel_init=kernel_init, name=name)
+
+    kv_heads = self.num_kv_heads or self.num_heads
+    query = projection(self.num_heads, self.kernel_init if self.scale_logits else query_init,
+                       "query")(inputs_q)
+    key = projection(kv_heads, self.kernel_init, "key")(inputs_kv)
+    value = projection(kv_heads, self.kernel_init, "value")(inputs_kv)
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
     key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
     value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
+    cached_step = decode and not prefill and self.has_variable("cache", "cached_key")
+    if self.rotary is not None or self.sliding_window is not None:
+      if cached_step:
+        positions = self.get_variable("cache", "cache_index")[:, None]
+      elif positions is None:
+        positions = jnp.broadcast_to(jnp.arange(query.shape[1], dtype=jnp.int32),
+                                     query.shape[:2])
+    if self.rotary is not None:
+      query, key = self.rotary(query, positions), self.rotary(key, positions)
+
     if decode:
       key, value, mask, bias = self._use_cache(key, value, mask, bias, prefill,
                                                prefill_lengths, max_decode_length)
+    if self.sliding_window is not None:
+      key_positions = (jnp.arange(key.shape[1], dtype=jnp.int32)[None, :] if cached_step
+                       else positions)
+      distance = positions[:, :, None] - key_positions[:, None, :]
+      mask = nn.combine_masks(mask, (jnp.abs(distance) < self.sliding_window)[:, None])
     if bias is not None and bias.shape[-2:] != (query.shape[1], key.shape[1]):
       # A table built for the full decode length, used on a shorter sequence:
       # relative biases depend only on offsets, so the top-left corner is exact.
       bias = bias[..., :query.shape[1], :key.shape[1]]
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask > 0, logits, _MASKED_LOGIT)
-    weights = jax.nn.softmax(logits, axis=-1)
-    weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
-        weights, deterministic=deterministic)
-    x = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), value)
+    dropout = None
+    if self.dropout_rate > 0 and not deterministic:
+      drop = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))
+      dropout = lambda weights: drop(weights, deterministic=False)  # noqa: E731
+    x = attention.dot_product_attention(
+        query, key, value, bias=bias, mask=mask,
+        scale=1.0 / depth_scaling if self.scale_logits else 1.0,
+        implementation="einsum" if dropout is not None else self.implementation,
+        dropout=dropout)
     x = nn.with_logical_constraint(x, ("batch", "length", "heads", "kv"))
     out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1),
                        dtype=self.dtype, kernel_init=self.kernel_init, name="out")(x)
@@ -366,14 +407,16 @@ def decoder_attention_mask(decoder_target_tokens: Array,
 class NetworkConfig:
   """What T5Config and DecoderConfig share: validation on construction, the activation dtype.
 
-  A mixin for frozen dataclasses that have `mlp_activations`, `dtype` and
-  `remat_policy` fields.
+  A mixin for frozen dataclasses that have `mlp_activations`, `dtype`,
+  `remat_policy` and `attention_implementation` fields (and `scan_layers`, read
+  by networks.stack).
   """
 
   def __post_init__(self):
     _check_field_values(self)
     object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
     remat_policy(self.remat_policy)
+    attention.check_implementation(self.attention_implementation)
     try:
       jnp.dtype(self.dtype)
     except TypeError as e:

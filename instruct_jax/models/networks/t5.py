@@ -42,6 +42,7 @@ class T5Config(layers.NetworkConfig):
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   remat_policy: str = "none"
+  attention_implementation: str = "einsum"  # or "fused" (networks.attention)
   scan_layers: bool = False
 
 
@@ -55,7 +56,8 @@ def _relpos(config, name: str) -> layers.RelativePositionBiases:
 def _attention(config, name: str) -> layers.MultiHeadDotProductAttention:
   return layers.MultiHeadDotProductAttention(
       num_heads=config.num_heads, head_dim=config.head_dim, dtype=config.activation_dtype,
-      dropout_rate=config.dropout_rate, name=name)
+      dropout_rate=config.dropout_rate, implementation=config.attention_implementation,
+      name=name)
 
 
 def _mlp(config) -> layers.MlpBlock:
