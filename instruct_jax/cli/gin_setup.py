@@ -23,6 +23,7 @@ from instruct_jax.errors import UsageError
 
 _REQUIRED_MACRO = re.compile(r"^(\w+)/macro\.value set to `%gin\.REQUIRED` but not subsequently")
 _REQUIRED_PARAM = re.compile(r"^(\S+) set to `%gin\.REQUIRED` but not subsequently")
+_UNSET_MACRO = re.compile(r"^No bindings specified for '(\w+)/gin\.macro'")
 _UNKNOWN_PARAM = re.compile(r"^Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'")
 
 
@@ -68,6 +69,11 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
     if required:
       raise UsageError(f"Required gin parameter {required.group(1)} is not set; bind it in a "
                        f"gin file or with --gin.{required.group(1)}=VALUE.") from e
+    unset = _UNSET_MACRO.match(message)
+    if unset:
+      name = unset.group(1)
+      raise UsageError(f"Gin macro {name} is read (%{name}) but never set. Pass "
+                       f"--gin.{name}=VALUE or bind `{name} = ...` in a gin file.") from e
     unknown = _UNKNOWN_PARAM.match(message)
     if unknown:
       raise UsageError(_unknown_parameter(*unknown.groups(), message)) from e
@@ -83,15 +89,17 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str],
 
 
 def _one_line(message: str) -> str:
-  """Gin's message (the problem, then where: a file and line, or the bindings) as one line."""
+  """Gin's message as one line: the problem, then where (a file and line, or a binding)."""
   lines = [line.strip() for line in message.splitlines() if line.strip()]
-  return lines[0] + (f" ({_where(lines[1:])})" if len(lines) > 1 else "")
+  where = next((lines[i:i + 2] for i, line in enumerate(lines)
+                if line.startswith(("In file", "In bindings string"))), None)
+  return lines[0] + (f" ({_where(where)})" if where else "")
 
 
 def _where(location: list[str]) -> str:
   """'--gin.KEY=VALUE' for a command-line binding, else gin's file and line."""
   if location[0].startswith("In bindings string") and len(location) > 1:
-    return "--gin." + location[-1]
+    return "--gin." + location[-1].replace(" = ", "=", 1)
   return ": ".join(location)
 
 
