@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from instruct_jax.checkpoints import layout
 from instruct_jax.data import pipeline
 from instruct_jax.errors import UsageError
 
@@ -110,3 +111,20 @@ def test_a_missing_import_inside_the_task_module_is_not_hidden(bare_sys_path):
   (bare_sys_path / "readme_flow_probe_broken.py").write_text("import readme_flow_no_such_dep\n")
   with pytest.raises(ModuleNotFoundError, match="readme_flow_no_such_dep"):
     pipeline.import_registry_module("readme_flow_probe_broken")
+
+
+def test_mixture_check_reads_the_newest_launch_record(tmp_path):
+  model_dir = str(tmp_path)
+  layout.check_same_mixture(model_dir, "b")  # Nothing recorded, no checkpoints: nothing to do.
+  layout.record_config(model_dir, "MIXTURE_OR_TASK_NAME = 'a'\n"
+                                  "train/pipeline.DatasetConfig.mixture_or_task_name = "
+                                  "%MIXTURE_OR_TASK_NAME\n")
+  layout.check_same_mixture(model_dir, "b")  # No checkpoint to resume yet.
+  (tmp_path / "checkpoint_5").mkdir()
+  with pytest.raises(UsageError, match="trained on 'a' .*this run asks for 'b'"):
+    layout.check_same_mixture(model_dir, "b")
+  layout.check_same_mixture(model_dir, "a")
+  # A later launch bound the name directly (no macro): that record wins.
+  layout.record_config(model_dir, "train/pipeline.DatasetConfig.mixture_or_task_name = 'b'\n")
+  assert layout.recorded_mixture(model_dir) == "b"
+  layout.check_same_mixture(model_dir, "b")
