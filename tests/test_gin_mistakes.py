@@ -158,9 +158,9 @@ def _tiny_params(**overrides):
       lambda: model.init_params(jax.random.key(0), factories.input_shapes(2))))
 
 
-def _state(params):
+def _state(params, optimizer="adafactor"):
   concrete = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params)
-  tx = optimizers.adafactor(1e-3)
+  tx = optimizers.create(optimizer, 1e-3)
   return TrainState(step=jnp.asarray(1, jnp.int32), params=concrete,
                     opt_state=tx.init(concrete))
 
@@ -169,7 +169,8 @@ def test_model_gin_that_does_not_fit_the_checkpoint_is_one_paragraph(make_checkp
                                                                     tmp_path):
   run = tmp_path / "run"
   make_checkpointer(run).save(1, _state(_tiny_params()))
-  layout.record_config(str(run), "t5.T5Config.emb_dim = 64\nt5.T5Config.num_heads = 4\n")
+  layout.record_config(str(run), "OPTIMIZER = 'adafactor'\nt5.T5Config.emb_dim = 64\n"
+                                 "t5.T5Config.num_heads = 4\n")
   other = _state(_tiny_params(emb_dim=32))
 
   with pytest.raises(UsageError) as error:  # relaunching the run with another model gin
@@ -184,6 +185,13 @@ def test_model_gin_that_does_not_fit_the_checkpoint_is_one_paragraph(make_checkp
     params_io.load_params(str(run), _abstract(other.params))
   message = str(error.value)
   assert "\n" not in message and "(t5.T5Config emb_dim=64, num_heads=4)" in message
+
+  with pytest.raises(UsageError) as error:  # relaunching it with --gin.OPTIMIZER="'adamw'"
+    make_checkpointer(run).restore(_abstract(_state(_tiny_params(), "adamw")))
+  message = str(error.value)
+  assert "\n" not in message and "missing from the checkpoint: opt_state/0/mu/" in message
+  assert (f"the optimizer differs from the one that wrote it, recorded as OPTIMIZER = "
+          f"'adafactor' ({run}/config.gin)") in message
 
 
 # ---------------------------------------------------------------------------

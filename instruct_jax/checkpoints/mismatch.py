@@ -51,17 +51,30 @@ def describe(expected: Any, found: Any, what: str) -> str:
           "arrays) and the checkpoint: " + "; ".join(parts))
 
 
-def recorded_sizes(model_dir: str) -> Optional[str]:
-  """'MODEL_DIR/config.gin (t5.T5Config emb_dim=64, head_dim=16, ...)': the network sizes
-  that the newest launch record of `model_dir` holds; None without a record."""
+def _latest_record(model_dir: str) -> tuple[Optional[str], str]:
+  """(path, text) of the newest launch record of `model_dir`; (None, "") without one."""
   try:
     path = layout.latest_config(model_dir)
     if path is None:
-      return None
+      return None, ""
     with tf.io.gfile.GFile(path) as f:
-      sizes = _NETWORK_SIZE.findall(f.read())
+      return path, f.read()
   except (OSError, tf.errors.OpError):
-    return None
-  if not sizes:
+    return None, ""
+
+
+def recorded_sizes(model_dir: str) -> Optional[str]:
+  """'MODEL_DIR/config.gin (t5.T5Config emb_dim=64, head_dim=16, ...)': the network sizes
+  that the newest launch record of `model_dir` holds; None without a record."""
+  path, text = _latest_record(model_dir)
+  sizes = _NETWORK_SIZE.findall(text)
+  if path is None or not sizes:
     return path
   return f"{path} ({sizes[0][0]} " + ", ".join(f"{n}={v}" for _, n, v in sizes) + ")"
+
+
+def recorded_optimizer(model_dir: str) -> Optional[str]:
+  """"OPTIMIZER = 'adafactor' (MODEL_DIR/config.gin)" from the newest launch record."""
+  path, text = _latest_record(model_dir)
+  found = re.search(r"^OPTIMIZER = (.+)$", text, re.M)
+  return f"OPTIMIZER = {found.group(1).strip()} ({path})" if found else path

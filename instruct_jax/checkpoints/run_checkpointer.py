@@ -309,11 +309,12 @@ class Checkpointer:
              "params of a checkpoint whose model matches).")
     else:
       differences = mismatch.describe(abstract_state, saved, "TrainState")
-      record = layout.latest_config(str(self.model_dir))
-      fix = ("Its params fit, so the optimizer differs from the one that wrote it (OPTIMIZER "
-             "and the optimizers.* bindings" + (f", recorded in {record}" if record else "") +
-             "): relaunch with that optimizer, or keep only the params by starting a fresh "
-             f"MODEL_DIR with --gin.INITIAL_CHECKPOINT_PATH=\"'{step_dir}'\".")
+      recorded = mismatch.recorded_optimizer(str(self.model_dir))
+      fix = ("Its params fit, so the optimizer differs from the one that wrote it" +
+             (f", recorded as {recorded}" if recorded else "") + ": relaunch with that "
+             "optimizer (OPTIMIZER and the optimizers.* bindings), or keep only the params by "
+             "starting a fresh MODEL_DIR with "
+             f"--gin.INITIAL_CHECKPOINT_PATH=\"'{step_dir}'\".")
     return mismatch.CheckpointMismatchError(
         f"The TrainState in {step_dir} does not match the model/optimizer being restored. "
         f"{differences}. {fix}")
