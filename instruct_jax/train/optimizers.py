@@ -1,5 +1,8 @@
 """Optimizers and learning-rate schedules, built from optax.
 
+`create` picks one by name: the run gins' OPTIMIZER macro ('adafactor' | 'adamw'),
+stepping with `learning_rate_schedule` scaled by their LEARNING_RATE macro.
+
 `adafactor` reproduces t5x's Adafactor update rule (the one every released T5 /
 Flan-T5 checkpoint was trained with) as a chain of optax transformations:
 
