@@ -138,3 +138,25 @@ def materialize(tree: Any) -> Any:
   return jax.tree.map(
       lambda leaf: np.asarray(leaf) if isinstance(leaf, (StackedLayers, OneLayer)) else leaf,
       tree)
+
+
+def _has_stacked_layers(tree: Any) -> bool:
+  if not isinstance(tree, Mapping):
+    return False
+  return _is_stacked(tree) or any(_has_stacked_layers(v) for v in tree.values())
+
+
+def resume_hint(saved_params: Any, expected_params: Any) -> str:
+  """Why a run's own checkpoint does not fit, when it was written with the other scan_layers.
+
+  Empty when the layer layouts agree. Only params convert between layouts; the
+  optimizer state of stacked params (e.g. Adafactor's factored statistics) has
+  other shapes, so a run resumes with the setting it was started with.
+  """
+  if not layouts_differ(saved_params, expected_params):
+    return ""
+  written = _has_stacked_layers(saved_params)
+  return (f"This checkpoint was written with scan_layers={written} and the model now has "
+          f"scan_layers={not written}. Relaunch with scan_layers={written} to resume, or "
+          "start a fresh MODEL_DIR with INITIAL_CHECKPOINT_PATH set to this checkpoint: "
+          "params load across the two layouts, optimizer state does not.\n")

@@ -1,4 +1,4 @@
-"""`instruct-jax bench`: the gin-configured train-step or decoding benchmark of a model gin.
+"""`instruct-jax bench`: the gin-configured train-step, decoding or compile-time benchmark.
 
 runs/bench.gin is parsed after the user's gin files (it binds the benchmark
 functions to %MODEL, %OPTIMIZER and BENCH_* macros). The size flags are kept
@@ -6,6 +6,7 @@ as shortcuts: each one given rebinds its BENCH_* macro.
 """
 import gin
 
+from instruct_jax.benchmarks import compile_time
 from instruct_jax.benchmarks import decode_speed
 from instruct_jax.benchmarks import report
 from instruct_jax.benchmarks import train_step
@@ -44,6 +45,10 @@ def run(args) -> None:
     if not methods or set(methods) - set(flags.DECODE_METHODS):
       raise UsageError(f"BENCH_DECODE_METHODS={methods!r}; use a subset of {flags.DECODE_METHODS}.")
     results = gin.get_configurable(decode_speed.benchmark_decode)()
+  elif args.mode == "compile":
+    rows = gin.get_configurable(compile_time.benchmark_compile_time)()
+    print(compile_time.format_table(rows), flush=True)
+    return
   else:
     results = gin.get_configurable(train_step.benchmark_train_step)()
   print(report.format_report(results), flush=True)

@@ -141,9 +141,11 @@ def sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def bench(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--mode", choices=("train", "decode"), default="train",
+  parser.add_argument("--mode", choices=("train", "decode", "compile"), default="train",
                       help="train: the train step; decode: greedy and beam-search decoding "
-                           "with and without the KV cache.")
+                           "with and without the KV cache; compile: a table of train-step "
+                           "compile time vs depth (BENCH_COMPILE_SIZES) with and without "
+                           "layer scanning.")
   for flag, name in BENCH_FLAG_MACROS.items():
     parser.add_argument(f"--{flag}", type=int, default=None,
                         help=f"Shortcut for --gin.{name}=N (runs/bench.gin).")

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from instruct_jax.models.networks import decoder
 from instruct_jax.models.networks import layers
 from instruct_jax.models.networks import rotary
+from instruct_jax.models.networks import stack
 
 Array = jax.Array
 
@@ -56,6 +57,7 @@ class LlamaConfig(layers.NetworkConfig):
   dtype: str = "bfloat16"
   remat_policy: str = "none"
   attention_implementation: str = "einsum"
+  scan_layers: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -125,11 +127,11 @@ class _LlamaStack(nn.Module):
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     y = y.astype(dtype)
     # Remat only pays off when differentiating; cached decoding never is.
-    layer_cls = (LlamaLayer if decode else
-                 layers.maybe_remat(LlamaLayer, cfg.remat_policy, static_argnums=(4, 5, 6, 8)))
-    for i in range(cfg.num_layers):
-      y = layer_cls(cfg, name=f"layers_{i}")(y, mask, positions, deterministic, decode,
-                                             prefill, prefill_lengths, max_decode_length)
+    y = stack.run_layers(LlamaLayer, cfg, cfg.num_layers, y, mask, positions, deterministic,
+                         decode, prefill, prefill_lengths, max_decode_length,
+                         scan=cfg.scan_layers,
+                         remat_policy="none" if decode else cfg.remat_policy,
+                         static_argnums=(4, 5, 6, 8))
     y = layers.RMSNorm(cfg.norm_epsilon, dtype=dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     if cfg.tie_word_embeddings:
