@@ -21,6 +21,7 @@ from instruct_jax.train import partitioning
 from instruct_jax.train import state as state_lib
 from instruct_jax.train import trainer as trainer_lib
 import factories
+import test_interop_t5x
 
 TINY = dict(vocab_size=384, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=64, dtype="float32")
 ROWS, INPUT_LENGTH, TARGET_LENGTH = 4, 8, 6
@@ -180,7 +181,8 @@ def test_scanned_and_unrolled_decode_identically(family):
 
 
 def test_checkpoints_load_across_layouts_and_export_per_layer(tmp_path):
-  """A scanned run's params load into an unrolled model and back, and export to HF per layer."""
+  """A scanned run's params load into an unrolled model and back, export to HF per layer,
+  and per-layer t5x / HF checkpoints load into a scanned model."""
   batch = _t5_batch(0)
   unrolled, scanned = _t5(False), _t5(True)
   params = _init(unrolled, batch, seed=2)
@@ -204,6 +206,11 @@ def test_checkpoints_load_across_layouts_and_export_per_layer(tmp_path):
   conversion.convert_to_hf(str(tmp_path / "scanned"), str(tmp_path / "hf"))
   from_hf = params_io.load_params(str(tmp_path / "hf"), abstract[True])
   _assert_trees_close(_as_layout(from_hf, params), params, 0, 0, "scanned -> HF -> scanned")
+
+  # Released t5x checkpoints are per layer and read lazily, slice by slice.
+  test_interop_t5x.write_legacy_t5x_checkpoint(str(tmp_path / "t5x"), params)
+  from_t5x = params_io.load_params(str(tmp_path / "t5x"), abstract[True])
+  _assert_trees_close(_as_layout(from_t5x, params), params, 0, 0, "t5x -> scanned")
 
 
 def test_resuming_a_run_with_the_other_layout_names_scan_layers(make_checkpointer):
