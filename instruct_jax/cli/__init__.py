@@ -12,6 +12,10 @@ folder and its parent (so both `runs/smoke.gin` and `gin_configs/runs/smoke.gin`
 work). Only the chosen command's module is imported, and only to run it: the
 command modules pull in jax, so --help never imports them.
 
+The console is quiet: TensorFlow/XLA C++ lines, absl/seqio logging and Python
+warnings go to the command's log file (cli/console.py; train's is in MODEL_DIR/logs,
+the others' in <temp dir>/instruct_jax_logs); --verbose shows them as they come.
+
 Exit codes (launch scripts and the sweep act on them):
   0   the command did what it was asked (train: TRAIN_STEPS reached, now or earlier);
   75  (errors.EXIT_STOPPED) stopped by SIGTERM / SIGINT after saving a checkpoint, e.g.
@@ -42,18 +46,20 @@ COMMANDS = {
     "select": "selection",
     "symbol-eval": "symbol_eval",
     "sweep": "sweep",
+    "cache": "cache",
 }
 # Kept here (not in the modules) so `instruct-jax --help` imports no command module.
 COMMAND_HELP = {
     "train": "Train or fine-tune on a seqio task/mixture (gin: runs/*.gin + models/*.gin).",
     "bench": "Time the train step of a model gin: tokens/s, TFLOP/s, MFU, memory.",
-    "convert": "Convert T5 checkpoints: --from hf|t5x into ours (+ model gin), or --to hf.",
+    "convert": "Convert T5 / Llama checkpoints: --from hf|t5x into ours (+ model gin), or --to hf.",
     "eval": "Evaluate a checkpoint on a seqio task/mixture (gin: runs/eval.gin + a model gin).",
     "infer": "Predict or score JSON-lines/TSV inputs with a checkpoint (gin: runs/infer.gin).",
     "select": "Evaluate every checkpoint of a run on held-out tasks and pick the best one.",
     "symbol-eval": "Symbol-tuning eval suites on a checkpoint + side-by-side report "
                    "(gin: experiments/symbol_tuning/eval.gin).",
     "sweep": "FLAN leave-one-cluster-out sweep: train + zero-shot eval per held-out cluster.",
+    "cache": "Cache seqio tasks offline with Apache Beam (train with USE_CACHED_TASKS=True).",
 }
 
 
