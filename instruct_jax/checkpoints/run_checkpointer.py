@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from instruct_jax import errors
+from instruct_jax.checkpoints import layer_layout
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import mismatch
 from instruct_jax.checkpoints import orbax_trees
@@ -302,11 +303,12 @@ class Checkpointer:
     if orbax_trees.tree_mismatches(abstract_state.params, params):
       differences = mismatch.describe(abstract_state.params, params, "model's params")
       recorded = mismatch.recorded_sizes(str(self.model_dir))
-      fix = ((f"The run that wrote it recorded its model in {recorded}: relaunch with that "
-              "model gin and those sizes" if recorded else
-              "Relaunch with the model gin that wrote it") +
-             ", or train this model in a fresh MODEL_DIR (INITIAL_CHECKPOINT_PATH loads the "
-             "params of a checkpoint whose model matches).")
+      fix = layer_layout.resume_hint(params, abstract_state.params).strip() or (
+          (f"The run that wrote it recorded its model in {recorded}: relaunch with that "
+           "model gin and those sizes" if recorded else
+           "Relaunch with the model gin that wrote it") +
+          ", or train this model in a fresh MODEL_DIR (INITIAL_CHECKPOINT_PATH loads the "
+          "params of a checkpoint whose model matches).")
     else:
       differences = mismatch.describe(abstract_state, saved, "TrainState")
       recorded = mismatch.recorded_optimizer(str(self.model_dir))
