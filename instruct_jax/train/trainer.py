@@ -592,7 +592,7 @@ def train(*,
           "%s received: will checkpoint and stop after the current step.", name)) as stop:
         while step < total_steps and not stop.requested:
           batch = next(data_iterator)
-          first_step_start = time.time()
+          step_start = time.time()
           state, metrics = trainer.train_step(state, batch)
           if pending is not None:
             _check_step(pending, checkpointer)
@@ -602,7 +602,7 @@ def train(*,
             # Rates and the ETA count from here: the first step is mostly compilation.
             jax.block_until_ready(metrics)
             reporter.restart_clock(step)
-            line = f"step {step}: compiled and ran in {time.time() - first_step_start:.1f}s"
+            line = f"step {step}: compiled and ran in {time.time() - step_start:.1f}s"
             logging.info(line)
             if chief:
               print(line, flush=True)
