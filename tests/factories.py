@@ -2,7 +2,9 @@
 import numpy as np
 import seqio
 
+from instruct_jax.models import decoder_only
 from instruct_jax.models import encoder_decoder
+from instruct_jax.models.networks import llama
 from instruct_jax.models.networks import t5
 
 INPUT_LENGTH = 16
@@ -21,6 +23,15 @@ def tiny_t5_config(**overrides) -> t5.T5Config:
 def tiny_t5(**overrides) -> encoder_decoder.EncoderDecoderModel:
   vocab = seqio.ByteVocabulary()
   return encoder_decoder.EncoderDecoderModel(t5.Transformer(tiny_t5_config(**overrides)), vocab, vocab)
+
+
+def tiny_llama(**overrides) -> decoder_only.DecoderOnlyModel:
+  """A Llama-family decoder with grouped-query attention (4 heads, 2 kv heads)."""
+  fields = dict(vocab_size=VOCAB_SIZE, emb_dim=64, num_heads=4, num_kv_heads=2, num_layers=2,
+                head_dim=16, mlp_dim=128, dtype="float32")
+  fields.update(overrides)
+  return decoder_only.DecoderOnlyModel(llama.Llama(llama.LlamaConfig(**fields)),
+                                       seqio.ByteVocabulary())
 
 
 def input_shapes(batch: int, input_length: int = INPUT_LENGTH,

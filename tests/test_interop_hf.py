@@ -235,7 +235,7 @@ def test_export_without_hf_config_and_with_gin(hf_checkpoint, tmp_path):
   try:
     with pytest.raises(UsageError, match="logits_via_embedding"):
       convert.convert_to_hf(ours_dir, str(tmp_path / "bad"),
-                            config=convert.t5_config_of(gin_setup.build_macro("MODEL", "a model gin")))
+                            config=convert.network_config_of(gin_setup.build_macro("MODEL", "a model gin")))
   finally:
     gin.clear_config()
 
@@ -247,7 +247,7 @@ def test_written_model_gin_builds_the_model_and_loads(hf_checkpoint, tmp_path):
   gin.clear_config()
   try:
     gin_setup.parse_gin([os.path.join(ours_dir, "model.gin")], ["ACTIVATION_DTYPE = 'float32'"])
-    config = convert.t5_config_of(gin_setup.build_macro("MODEL", "a model gin"))
+    config = convert.network_config_of(gin_setup.build_macro("MODEL", "a model gin"))
   finally:
     gin.clear_config()
   expected, params, _ = hf.load_hf_checkpoint(directory, dtype="float32")

@@ -79,8 +79,10 @@ def _run_three_steps(partitioner, model, batches):
 
 
 @pytest.mark.slow
-def test_same_losses_gradients_and_params_on_every_layout():
-  model = factories.tiny_t5(dropout_rate=0.1)
+@pytest.mark.parametrize("make_model", [factories.tiny_t5, factories.tiny_llama],
+                         ids=["t5", "llama"])
+def test_same_losses_gradients_and_params_on_every_layout(make_model):
+  model = make_model(dropout_rate=0.1)
   batches = [factories.synthetic_batch(8, seed=i) for i in range(3)]
   reference = _run_three_steps(partitioning.Partitioner(devices=jax.devices()[:1]), model,
                                batches)

@@ -1,4 +1,8 @@
-"""T5 checkpoint conversion between Hugging Face, t5x and this project (`instruct-jax convert`).
+"""Checkpoint conversion between Hugging Face, t5x and this project (`instruct-jax convert`).
+
+T5 throughout; Llama / Mistral decoders (networks.llama) from and to Hugging Face,
+the family told by config.json's model_type on import and by the model gin (or
+the params' layout) on export (checkpoints.hf_llama).
 
 `convert_to_ours` writes OUT/state (params-only, what INITIAL_CHECKPOINT_PATH reads) and
 OUT/model.gin, the model gin for those params: it includes the shipped gin when
@@ -18,9 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from instruct_jax.checkpoints import hf
+from instruct_jax.checkpoints import hf_llama
 from instruct_jax.checkpoints import params_io
 from instruct_jax.checkpoints import t5x
 from instruct_jax.errors import UsageError
+from instruct_jax.models.networks import llama
 from instruct_jax.models.networks import t5
 
 MODEL_GIN_FILE = "model.gin"
@@ -53,6 +59,8 @@ ARCHITECTURE_FIELDS = ("vocab_size", "emb_dim", "num_heads", "num_encoder_layers
 
 def released_size(config: t5.T5Config) -> Optional[str]:
   """'base' etc. when `config` is a released T5 v1.1 / Flan-T5 architecture, else None."""
+  if not isinstance(config, t5.T5Config):
+    return None
   for size, dims in _RELEASED_SIZES.items():
     wanted = {**_RELEASED_COMMON, **dims}
     if all(getattr(config, k) == v for k, v in wanted.items()):
@@ -86,12 +94,13 @@ def model_gin_text(config: t5.T5Config, source: str, checkpoint_dir: str) -> str
   return "\n".join(lines) + "\n"
 
 
-def t5_config_of(model: Any) -> t5.T5Config:
-  """The T5Config of a model object (what `--to hf` exports)."""
+def network_config_of(model: Any) -> Any:
+  """The T5Config or LlamaConfig of a model object (what `--to hf` exports)."""
   config = getattr(getattr(model, "module", None), "config", None)
-  if not isinstance(config, t5.T5Config):
-    raise UsageError("--to hf exports T5 encoder-decoder models; the gin's MODEL is "
-                     f"{type(model).__name__} without a T5Config.")
+  if not isinstance(config, (t5.T5Config, llama.LlamaConfig)):
+    raise UsageError("--to hf exports T5 encoder-decoder and Llama / Mistral models; the "
+                     f"gin's MODEL is {type(model).__name__} with neither a T5Config nor a "
+                     "LlamaConfig.")
   return config
 
 
@@ -132,10 +141,10 @@ def convert_to_ours(input_path: str, output: str, source_format: str,
   hf_config = None
   if source_format == "hf":
     if not hf.is_hf_checkpoint(input_path):
-      raise UsageError(f"--input {input_path} is not a Hugging Face T5 directory: expected "
+      raise UsageError(f"--input {input_path} is not a Hugging Face directory: expected "
                        f"{hf.CONFIG_FILE} and {hf.SAFETENSORS_FILE} (or "
                        f"{hf.SAFETENSORS_INDEX_FILE}).")
-    config, params, hf_config = hf.load_hf_checkpoint(input_path)
+    config, params, hf_config = params_io.load_hf_checkpoint(input_path)
   else:
     t5x.check_checkpoint_path(input_path)
     try:
@@ -150,20 +159,26 @@ def convert_to_ours(input_path: str, output: str, source_format: str,
     output = os.path.abspath(output)  # orbax writes to absolute paths only
   _prepare_output(output, overwrite)
   params_io.save_params(output, params)
-  _write_text(os.path.join(output, MODEL_GIN_FILE), model_gin_text(config, input_path, output))
+  gin_path = os.path.join(output, MODEL_GIN_FILE)
+  if isinstance(config, llama.LlamaConfig):
+    gin_text = hf_llama.model_gin_text(config, input_path, gin_path, output)
+  else:
+    gin_text = model_gin_text(config, input_path, output)
+  _write_text(gin_path, gin_text)
   if hf_config is not None:
     _write_text(os.path.join(output, HF_CONFIG_COPY), json.dumps(hf_config, indent=2) + "\n")
   return config
 
 
-def convert_to_hf(input_path: str, output: str, config: Optional[t5.T5Config] = None,
+def convert_to_hf(input_path: str, output: str, config: Optional[Any] = None,
                   dtype: str = "float32", max_shard_bytes: int = hf.DEFAULT_MAX_SHARD_BYTES,
                   overwrite: bool = False) -> dict[str, Any]:
-  """Any readable T5 checkpoint -> HF config.json + safetensors in `output`; returns the config.
+  """Any readable T5 or Llama checkpoint -> HF config.json + safetensors in `output`.
 
-  `config` (from the model gin) is checked against the params; without it the
-  architecture is read off the shapes, with activations and max distance from
-  the hf_config.json saved at import time when there is one.
+  Returns the HF config. `config` (T5Config or LlamaConfig, from the model gin)
+  is checked against the params; without it a T5's architecture is read off the
+  shapes, with activations and max distance from the hf_config.json saved at
+  import time when there is one, and a Llama's comes from that hf_config.json.
   """
   fmt, params = params_io.read_params(input_path)
   base = None
@@ -173,6 +188,9 @@ def convert_to_hf(input_path: str, output: str, config: Optional[t5.T5Config] = 
   elif tf.io.gfile.exists(copy):
     with tf.io.gfile.GFile(copy, "r") as f:
       base = json.load(f)
+  if isinstance(config, llama.LlamaConfig) or (config is None and hf_llama.is_llama_params(params)):
+    hf_config, state_dict = _llama_state_dict(params, config, base, input_path, dtype)
+    return _write_hf(output, hf_config, state_dict, dtype, max_shard_bytes, overwrite)
   defaults = {}
   if base is not None:
     defaults = dict(relative_attention_max_distance=int(
@@ -190,13 +208,33 @@ def convert_to_hf(input_path: str, output: str, config: Optional[t5.T5Config] = 
   if dtype not in DTYPES:
     raise UsageError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
   state_dict = hf.hf_state_dict_from_params(params, config, dtype=np.dtype(DTYPES[dtype]))
-  hf_config = hf.hf_config_from_t5(config, base)
+  return _write_hf(output, hf.hf_config_from_t5(config, base), state_dict, dtype,
+                   max_shard_bytes, overwrite)
+
+
+def _write_hf(output: str, hf_config: dict[str, Any], state_dict: dict[str, np.ndarray],
+              dtype: str, max_shard_bytes: int, overwrite: bool) -> dict[str, Any]:
   for key in ("torch_dtype", "dtype"):
     if key in hf_config:
       hf_config[key] = dtype
   _prepare_output(output, overwrite)
   hf.write_hf_checkpoint(output, hf_config, state_dict, max_shard_bytes=max_shard_bytes)
   return hf_config
+
+
+def _llama_state_dict(params: Any, config: Optional[llama.LlamaConfig], base: Optional[dict],
+                      input_path: str, dtype: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(HF config, state dict) of Llama / Mistral params; the config from the gin, else base."""
+  if config is None:
+    if base is None or not hf_llama.is_llama_config(base):
+      raise UsageError(
+          f"{input_path} holds Llama-style params but no {HF_CONFIG_COPY} from an import "
+          "says their rope, norm epsilon and window; pass the model gin with --gin_file.")
+    config = hf_llama.llama_config_from_hf(base)
+  if dtype not in DTYPES:
+    raise UsageError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
+  state_dict = hf_llama.hf_state_dict_from_params(params, config, dtype=np.dtype(DTYPES[dtype]))
+  return hf_llama.hf_config_from_llama(config, base), state_dict
 
 
 def _as_float32(tree: Any) -> Any:

@@ -3,8 +3,8 @@
 For INITIAL_CHECKPOINT_PATH, evaluation and conversion: `detect_checkpoint_format`
 is the one place that recognises a layout (our own orbax TrainState, t5x's legacy
 msgpack + tensorstore and orbax layouts of the released T5 / Flan-T5 checkpoints,
-Hugging Face T5 safetensors); the format readers themselves live in
-checkpoints.t5x and checkpoints.hf.
+Hugging Face T5, Llama and Mistral safetensors); the format readers live in
+checkpoints.t5x, checkpoints.hf and checkpoints.hf_llama.
 """
 import collections
 from typing import Any, Optional
@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from instruct_jax.checkpoints import hf
+from instruct_jax.checkpoints import hf_llama
 from instruct_jax.checkpoints import layer_layout
 from instruct_jax.checkpoints import layout
 from instruct_jax.checkpoints import mismatch
@@ -26,7 +27,7 @@ from instruct_jax.checkpoints import t5x
 ORBAX_TRAIN_STATE = "instruct_jax orbax TrainState"
 T5X_LEGACY = "t5x msgpack + tensorstore"
 T5X_ORBAX = "t5x orbax"
-HF_SAFETENSORS = "Hugging Face T5 safetensors"
+HF_SAFETENSORS = "Hugging Face safetensors"
 FORMATS = (ORBAX_TRAIN_STATE, T5X_LEGACY, T5X_ORBAX, HF_SAFETENSORS)
 
 # The top-level key holding the params in each orbax-based format.
@@ -45,7 +46,8 @@ def detect_checkpoint_format(path: str) -> tuple[str, epath.Path]:
     * T5X_ORBAX: a t5x checkpoint_<step> directory in orbax layout -> its `state`;
     * T5X_LEGACY: a t5x checkpoint_<step> directory holding the msgpack file
       `checkpoint` (or that file itself) -> the directory;
-    * HF_SAFETENSORS: a Hugging Face T5 directory (config.json + safetensors);
+    * HF_SAFETENSORS: a Hugging Face T5, Llama or Mistral directory (config.json +
+      safetensors);
     * a MODEL_DIR holding checkpoint_<step> directories of any of the above ->
       the newest finished step.
   """
@@ -134,7 +136,7 @@ def load_params(path: str, abstract_params: Any) -> Any:
     source = t5x.LegacyCheckpoint(str(location)).target
     params = _place_on_devices(source, abstract_params, location, fmt)
   elif fmt == HF_SAFETENSORS:
-    _, source, _ = hf.load_hf_checkpoint(str(location))
+    _, source, _ = load_hf_checkpoint(str(location))
     params = _place_on_devices(source, abstract_params, location, fmt)
   else:  # pragma: no cover - detect_checkpoint_format returns only known formats.
     raise NotImplementedError(f"Loading params from a {fmt} checkpoint is not supported.")
@@ -157,7 +159,7 @@ def read_params(path: str) -> tuple[str, dict[str, Any]]:
   if fmt == T5X_LEGACY:
     target = t5x.LegacyCheckpoint(str(location)).target
     return fmt, jax.tree.map(np.asarray, target)
-  _, params, _ = hf.load_hf_checkpoint(str(location))
+  _, params, _ = load_hf_checkpoint(str(location))
   return fmt, params
 
 
@@ -170,6 +172,17 @@ def _read_orbax_subtree(state_dir: epath.Path, key: str) -> Any:
     restored = reader.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
   return restored[key]
+
+
+def load_hf_checkpoint(directory: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+  """(network config, float32 params, config.json) of a Hugging Face directory.
+
+  The family follows config.json's model_type: T5 (checkpoints.hf) or Llama /
+  Mistral (checkpoints.hf_llama).
+  """
+  if hf_llama.is_llama_config(hf.read_hf_config(directory)):
+    return hf_llama.load_hf_checkpoint(directory)
+  return hf.load_hf_checkpoint(directory)
 
 
 def save_params(directory: str, params: Any) -> None:

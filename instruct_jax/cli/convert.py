@@ -1,4 +1,4 @@
-"""`instruct-jax convert`: T5 checkpoints between Hugging Face, t5x and this project.
+"""`instruct-jax convert`: T5 and Llama / Mistral checkpoints between Hugging Face, t5x and us.
 
     # Hugging Face (config.json + safetensors, sharded or not) -> our checkpoint + model gin
     instruct-jax convert --from hf --input /models/flan-t5-base --output /ckpts/flan_t5_base
@@ -28,8 +28,8 @@ def run(args) -> None:
     return
   config = None
   if args.gin_file and gin_setup.macro("MODEL") is not None:
-    config = conversion.t5_config_of(gin_setup.build_macro("MODEL", "include a model gin."))
+    config = conversion.network_config_of(gin_setup.build_macro("MODEL", "include a model gin."))
   conversion.convert_to_hf(args.input, args.output, config=config, dtype=args.dtype,
                            max_shard_bytes=int(args.max_shard_gb * 1e9),
                            overwrite=args.overwrite)
-  print(f"Wrote Hugging Face T5 checkpoint to {args.output}.", flush=True)
+  print(f"Wrote Hugging Face checkpoint to {args.output}.", flush=True)

@@ -1,9 +1,10 @@
-"""Matmul FLOP counts for T5-style models, and peak device FLOP/s for MFU.
+"""Matmul FLOP counts for T5-style and Llama-style models, and peak device FLOP/s for MFU.
 
 Counts are exact for the dense matmuls the model executes, at 2 * m * n * k
 FLOPs per [m, k] x [k, n] product:
 
-* attention projections q, k, v, o ([len, emb] x [emb, heads * head_dim]);
+* attention projections q, k, v, o ([len, emb] x [emb, heads * head_dim]; k and v
+  have num_kv_heads heads under grouped-query attention);
 * attention scores Q K^T and the weighted sum A V, over the full (padded)
   lengths: causal and padding masks do not skip work in a dense kernel;
 * the gated MLP: one [emb, mlp] matrix per activation in `mlp_activations`
@@ -13,7 +14,7 @@ FLOPs per [m, k] x [k, n] product:
 
 Deliberately ignored (a few percent at most): layer norms, softmax, the
 activation functions and gating products, residual adds, relative position
-bias, dropout and the embedding lookup (a gather, not a matmul). Training is
+bias, rotary embedding, dropout and the embedding lookup (a gather, not a matmul). Training is
 counted as 3 x forward (the backward pass costs two forward-sized matmuls per
 forward matmul), without rematerialisation, so MFU from these numbers is the
 usual "model FLOPs" utilisation.
@@ -48,10 +49,11 @@ def _attention_flops(
     config: Any, query_length: int, key_length: int) -> int:
   """One attention block: projections plus scores and weighted values."""
   inner = config.num_heads * config.head_dim
+  kv_inner = getattr(config, "num_kv_heads", config.num_heads) * config.head_dim
   emb = config.emb_dim
   projections = (
       2 * _matmul(query_length, emb, inner) +  # q and o
-      2 * _matmul(key_length, emb, inner))  # k and v
+      2 * _matmul(key_length, emb, kv_inner))  # k and v
   # Per head: [q, head_dim] x [head_dim, k] and [q, k] x [k, head_dim].
   scores_and_values = 2 * config.num_heads * _matmul(
       query_length, config.head_dim, key_length)
