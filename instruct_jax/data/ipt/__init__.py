@@ -1,0 +1,1 @@
+"""Instruction Pre-Training: synthesizer format, prompts, rendering and the rule-based fallback."""
