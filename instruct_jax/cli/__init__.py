@@ -47,6 +47,7 @@ COMMANDS = {
     "symbol-eval": "symbol_eval",
     "sweep": "sweep",
     "cache": "cache",
+    "synthesize": "synthesize",
 }
 # Kept here (not in the modules) so `instruct-jax --help` imports no command module.
 COMMAND_HELP = {
@@ -60,6 +61,8 @@ COMMAND_HELP = {
                    "(gin: experiments/symbol_tuning/eval.gin).",
     "sweep": "FLAN leave-one-cluster-out sweep: train + zero-shot eval per held-out cluster.",
     "cache": "Cache seqio tasks offline with Apache Beam (train with USE_CACHED_TASKS=True).",
+    "synthesize": "Synthesize instruction-response pairs for a raw corpus with a synthesizer "
+                  "model (gin: experiments/ipt/synthesize.gin + a model gin).",
 }
 
 

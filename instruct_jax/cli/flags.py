@@ -41,6 +41,17 @@ INFER_FORMATS = ("auto", "jsonl", "tsv")          # = eval.inference.FORMATS
 EXPORT_DTYPES = ("bfloat16", "float16", "float32")  # = checkpoints.conversion.DTYPES
 DEFAULT_MAX_SHARD_GB = 5.0                        # = checkpoints.hf.DEFAULT_MAX_SHARD_BYTES
 
+# `synthesize`: its gin file, and flag -> the macro it sets when given.
+SYNTHESIZE_GIN = "experiments/ipt/synthesize.gin"
+SYNTHESIZE_FLAG_MACROS = {
+    "rounds": "ROUNDS",
+    "max_new_tokens": "MAX_NEW_TOKENS",
+    "context_length": "CONTEXT_LENGTH",
+    "batch_size": "BATCH_SIZE",
+    "documents_per_shard": "DOCUMENTS_PER_SHARD",
+}
+SYNTHESIZE_FORMATS = ("auto", "jsonl", "text", "tfds")  # = synthesis.corpus.FORMATS
+
 SWEEPS = ("flan-holdout",)
 LAUNCHERS = ("auto", "subprocess", "in_process")
 
@@ -170,6 +181,26 @@ def convert(parser: argparse.ArgumentParser) -> None:
                       help="Replace --output if it already exists.")
 
 
+def synthesize(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--input", action="append", default=[], required=True,
+                      help="Corpus files (repeatable; globs allowed): JSON lines with a text "
+                           "field, or plain text with one document per blank-line-separated "
+                           "block; or a TFDS dataset name with --input_format=tfds.")
+  parser.add_argument("--input_format", choices=SYNTHESIZE_FORMATS, default="auto",
+                      help="auto: JSON lines for *.jsonl / *.json / *.ndjson, text otherwise.")
+  parser.add_argument("--text_field", default="text",
+                      help="Field holding the document (JSON lines and TFDS).")
+  parser.add_argument("--tfds_split", default="train", help="--input_format=tfds: the split.")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="--input_format=tfds: the TFDS data directory.")
+  parser.add_argument("--output_dir", required=True,
+                      help="Where shards and manifest.json go; rerun the same command into it "
+                           "to resume a stopped job.")
+  for flag, name in SYNTHESIZE_FLAG_MACROS.items():
+    parser.add_argument(f"--{flag}", type=int, default=None,
+                        help=f"Shortcut for --gin.{name}=N ({SYNTHESIZE_GIN}).")
+
+
 ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": train,
     "bench": bench,
@@ -179,4 +210,5 @@ ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "select": select,
     "symbol-eval": gin_only,
     "sweep": sweep,
+    "synthesize": synthesize,
 }
