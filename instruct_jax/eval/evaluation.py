@@ -47,8 +47,7 @@ def evaluate(*,
   use_cached, seed (the evaluator's data seed), module. `seed`: the decoding
   rng. Returns {task: {metric: value}}.
   """
-  if dataset_cfg.module:
-    pipeline.import_registry_module(dataset_cfg.module)
+  pipeline.provider_of(dataset_cfg)  # Imports the module; with use_cached, checks caches.
   output_dir = layout.eval_dir(output_dir or layout.model_dir_of_checkpoint(checkpoint_path))
   session = session_lib.EvalSession(model, partitioner, dataset_cfg.batch_size, decode_cfg,
                                     seed)
