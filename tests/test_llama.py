@@ -358,7 +358,7 @@ def test_beam_search_and_sampling_decode():
 LLAMA_GINS = {
     "tiny": (384, 2, None), "ipt_500m": (32000, 24, 498_457_728),
     "ipt_1_3b": (32000, 24, 1_288_800_256), "mistral_7b": (32000, 32, 7_241_732_096),
-    "llama3_8b": (128256, 32, 8_030_261_248), "llama3_1_8b": (128256, 32, 8_030_261_248),
+    "llama3_8b": (128257, 32, 8_030_269_440), "llama3_1_8b": (128257, 32, 8_030_269_440),
 }
 
 
@@ -400,3 +400,57 @@ def test_flops_count_grouped_query_attention():
                 if name.endswith("/kernel"))
   scores = config.num_layers * 2 * config.num_heads * 2 * length * config.head_dim * length
   assert flops.decoder_only_forward_flops(config, length) == 2 * length * kernels + scores
+
+
+def _llama3_style_checkpoint(directory):
+  """A tiny HF Llama with a byte-level BPE tokenizer.json whose id 0 is text ("!")."""
+  tokenizers = pytest.importorskip("tokenizers")
+  bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+  bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = tokenizers.decoders.ByteLevel()
+  bpe.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 20,
+                          tokenizers.trainers.BpeTrainer(
+                              vocab_size=280, show_progress=False,
+                              initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+  bpe.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+  size = bpe.get_vocab_size()
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(**dict(_COMMON, vocab_size=size, bos_token_id=size - 2,
+                                           eos_token_id=size - 1), num_key_value_heads=2)
+  config._attn_implementation = "eager"  # pylint: disable=protected-access
+  model = transformers.LlamaForCausalLM(config).eval()
+  model.save_pretrained(directory)
+  bpe.save(os.path.join(directory, "tokenizer.json"))
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}, f)
+  return model, size
+
+
+def test_tokenizer_json_moves_token_ids_on_import_and_back_on_export(tmp_path):
+  """Llama 3 style: model id = tokenizer id + 1, row 0 the BOS row; export restores HF's ids."""
+  directory, ours_dir, back_dir = (str(tmp_path / d) for d in ("hf", "ours", "back"))
+  hf_model, size = _llama3_style_checkpoint(directory)
+  _run_cli(["convert", "--from", "hf", "--input", directory, "--output", ours_dir])
+  gin.clear_config()
+  try:
+    gin_setup.parse_gin([os.path.join(ours_dir, conversion.MODEL_GIN_FILE)],
+                        ["ACTIVATION_DTYPE = 'float32'"])
+    model = gin_setup.build_macro("MODEL", "a model gin")
+  finally:
+    gin.clear_config()
+  assert model.vocabulary.id_offset == 1 and model.module.config.vocab_size == size + 1
+  params = params_io.load_params(ours_dir, jax.eval_shape(lambda: _init(model)))
+  ids = np.asarray(model.vocabulary.encode("the lazy brown dog"), np.int32)
+  ours = np.asarray(model.module.apply({"params": params}, np.concatenate([[0], ids])[None],
+                                       np.ones((1, len(ids) + 1), np.int32),
+                                       enable_dropout=False))
+  hf_ids = np.concatenate([[size - 2], ids - 1])[None]  # <|begin_of_text|>, tokenizer ids
+  theirs = _hf_logits(hf_model, hf_ids, np.ones_like(hf_ids))
+  np.testing.assert_allclose(ours[..., 1:], theirs, atol=LOGITS_TOLERANCE)
+
+  _run_cli(["convert", "--to", "hf", "--input", ours_dir, "--output", back_dir])
+  original, exported = hf.read_hf_state_dict(directory), hf.read_hf_state_dict(back_dir)
+  assert sorted(exported) == sorted(original)
+  assert all(np.array_equal(exported[k], original[k]) for k in original)
+  assert hf.read_hf_config(back_dir)["vocab_size"] == size
+  assert os.path.exists(os.path.join(back_dir, "tokenizer.json"))

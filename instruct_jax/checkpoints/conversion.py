@@ -12,6 +12,7 @@ takes the architecture from a given T5Config (checked against the params), else
 from the parameter shapes plus OUT/hf_config.json when the checkpoint was
 converted from Hugging Face.
 """
+import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -161,6 +162,7 @@ def convert_to_ours(input_path: str, output: str, source_format: str,
   params_io.save_params(output, params)
   gin_path = os.path.join(output, MODEL_GIN_FILE)
   if isinstance(config, llama.LlamaConfig):
+    hf_llama.copy_tokenizer_files(input_path, output)
     gin_text = hf_llama.model_gin_text(config, input_path, gin_path, output)
   else:
     gin_text = model_gin_text(config, input_path, output)
@@ -190,7 +192,9 @@ def convert_to_hf(input_path: str, output: str, config: Optional[Any] = None,
       base = json.load(f)
   if isinstance(config, llama.LlamaConfig) or (config is None and hf_llama.is_llama_params(params)):
     hf_config, state_dict = _llama_state_dict(params, config, base, input_path, dtype)
-    return _write_hf(output, hf_config, state_dict, dtype, max_shard_bytes, overwrite)
+    _write_hf(output, hf_config, state_dict, dtype, max_shard_bytes, overwrite)
+    hf_llama.copy_tokenizer_files(input_path, output)
+    return hf_config
   defaults = {}
   if base is not None:
     defaults = dict(relative_attention_max_distance=int(
@@ -224,17 +228,24 @@ def _write_hf(output: str, hf_config: dict[str, Any], state_dict: dict[str, np.n
 
 def _llama_state_dict(params: Any, config: Optional[llama.LlamaConfig], base: Optional[dict],
                       input_path: str, dtype: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(HF config, state dict) of Llama / Mistral params; the config from the gin, else base."""
+  """(HF config, state dict) of Llama / Mistral params; the config from the gin, else base.
+
+  Token rows move back by the id offset of the tokenizer files next to the input.
+  """
+  id_offset = hf_llama.tokenizer_id_offset(input_path)
   if config is None:
     if base is None or not hf_llama.is_llama_config(base):
       raise UsageError(
           f"{input_path} holds Llama-style params but no {HF_CONFIG_COPY} from an import "
           "says their rope, norm epsilon and window; pass the model gin with --gin_file.")
     config = hf_llama.llama_config_from_hf(base)
+    config = dataclasses.replace(config, vocab_size=config.vocab_size + id_offset)
   if dtype not in DTYPES:
     raise UsageError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
-  state_dict = hf_llama.hf_state_dict_from_params(params, config, dtype=np.dtype(DTYPES[dtype]))
-  return hf_llama.hf_config_from_llama(config, base), state_dict
+  state_dict = hf_llama.hf_state_dict_from_params(params, config, dtype=np.dtype(DTYPES[dtype]),
+                                                  id_offset=id_offset)
+  exported = dataclasses.replace(config, vocab_size=config.vocab_size - id_offset)
+  return hf_llama.hf_config_from_llama(exported, base), state_dict
 
 
 def _as_float32(tree: Any) -> Any:

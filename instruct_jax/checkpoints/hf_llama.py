@@ -12,12 +12,23 @@ transposes (torch Linear weights are [out, in], our kernels [in, out]):
   lm_head.weight                          decoder/logits_dense/kernel (absent when tied)
 
 HF's q / k weights are already in the "rotate half" order networks.rotary uses.
+
+Token ids. A checkpoint that ships only a Hugging Face tokenizer.json (Llama 3)
+is read through data.hf_tokenizer_vocabulary, which moves every id up by its
+`id_offset` (1 when the tokenizer's id 0 is real text, as Llama 3's "!") so that
+seqio's padding / start id 0 is free. Import then puts `id_offset` rows in front
+of the embedding (and columns in front of lm_head), copies of the BOS row, so
+seqio's start token 0 reads as `<|begin_of_text|>`; vocab_size grows by as much.
+Export drops them again. The tokenizer files travel with the checkpoint in both
+directions, which is how each side knows the offset.
+
 config.json is read in both spellings transformers has written: `rope_theta` +
 `rope_scaling` (before v5) and `rope_parameters` (v5); export keeps the
 spelling of the config it started from. Files go through checkpoints.hf
 (safetensors, sharded or not; local or gs://).
 """
 
+import dataclasses
 import posixpath
 from typing import Any, Mapping, Optional
 
@@ -25,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from instruct_jax.checkpoints import hf
+from instruct_jax.data import hf_tokenizer_vocabulary
 from instruct_jax.errors import UsageError
 from instruct_jax.models.networks import llama
 from instruct_jax.models.networks import rotary
@@ -40,7 +52,10 @@ _ATTENTION = (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"), ("out
 _MLP = (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj"))
 _EMBEDDING = "decoder/token_embedder/embedding"
 SENTENCEPIECE_FILE = "tokenizer.model"
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = hf_tokenizer_vocabulary.TOKENIZER_FILE
+# What a Hugging Face model directory holds besides weights and config.json.
+TOKENIZER_FILES = (SENTENCEPIECE_FILE, TOKENIZER_FILE,
+                   hf_tokenizer_vocabulary.TOKENIZER_CONFIG_FILE, "special_tokens_map.json")
 _LM_HEAD = "lm_head.weight"
 
 Params = dict[str, Any]
@@ -236,12 +251,37 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray], config: llam
 
 
 def hf_state_dict_from_params(params: Mapping[str, Any], config: llama.LlamaConfig,
-                              dtype: Any = np.float32) -> dict[str, np.ndarray]:
-  """HF state dict (a tied lm_head omitted, as save_pretrained does) from our params."""
+                              dtype: Any = np.float32, id_offset: int = 0
+                              ) -> dict[str, np.ndarray]:
+  """HF state dict (a tied lm_head omitted, as save_pretrained does) from our params.
+
+  id_offset drops that many leading token rows (see the module docstring);
+  `config` describes the params, so its vocab_size includes them.
+  """
   flat = hf._flatten(params)  # pylint: disable=protected-access
   check_params_match(flat, config, "the params being exported")
+  flat = _move_token_ids(flat, -id_offset)
+  unshifted = dataclasses.replace(config, vocab_size=config.vocab_size - id_offset)
   return {key: _swap_layout(ours, np.asarray(flat[ours])).astype(dtype)
-          for ours, key in name_map(config).items()}
+          for ours, key in name_map(unshifted).items()}
+
+
+def _move_token_ids(flat: dict[str, Any], offset: int, start_id: int = 0) -> dict[str, Any]:
+  """Model id = HF id + offset: offset > 0 prepends copies of row `start_id` (BOS) to the
+  embedding and of its column to logits_dense; offset < 0 drops that many leading ones."""
+  if offset == 0:
+    return flat
+  moved = dict(flat)
+  for name, axis in ((_EMBEDDING, 0), ("decoder/logits_dense/kernel", 1)):
+    if name not in flat:
+      continue
+    value = np.asarray(flat[name])
+    if offset > 0:
+      start = np.take(value, [start_id] * offset, axis=axis)
+      moved[name] = np.concatenate([start, value], axis=axis)
+    else:
+      moved[name] = np.take(value, np.arange(-offset, value.shape[axis]), axis=axis)
+  return moved
 
 
 def check_params_match(flat: Mapping[str, Any], config: llama.LlamaConfig, where: str) -> None:
@@ -273,13 +313,48 @@ def is_llama_checkpoint(directory: str) -> bool:
   return hf.is_hf_checkpoint(directory) and is_llama_config(hf.read_hf_config(directory))
 
 
+def tokenizer_id_offset(directory: str) -> int:
+  """How far our vocabulary moves this directory's token ids (module docstring).
+
+  Non-zero only for a tokenizer.json without a SentencePiece tokenizer.model
+  (which seqio reads with the tokenizer's own ids).
+  """
+  if (tf.io.gfile.exists(posixpath.join(directory, SENTENCEPIECE_FILE))
+      or not tf.io.gfile.exists(posixpath.join(directory, TOKENIZER_FILE))):
+    return 0
+  return hf_tokenizer_vocabulary.HuggingFaceTokenizerVocabulary(directory).id_offset
+
+
+def copy_tokenizer_files(source: str, destination: str) -> list[str]:
+  """Copies the tokenizer files `source` has into `destination`; returns their names."""
+  copied = []
+  for name in TOKENIZER_FILES:
+    if tf.io.gfile.exists(posixpath.join(source, name)):
+      tf.io.gfile.copy(posixpath.join(source, name), posixpath.join(destination, name),
+                       overwrite=True)
+      copied.append(name)
+  return copied
+
+
 def load_hf_checkpoint(directory: str, dtype: str = "bfloat16"
                        ) -> tuple[llama.LlamaConfig, Params, dict[str, Any]]:
-  """(LlamaConfig with activation `dtype`, float32 params, HF config dict) of a directory."""
+  """(LlamaConfig with activation `dtype`, float32 params, HF config dict) of a directory.
+
+  Token rows are moved by tokenizer_id_offset(directory) (module docstring).
+  """
   hf_config = hf.read_hf_config(directory)
   config = llama_config_from_hf(hf_config, dtype=dtype)
   params = params_from_hf_state_dict(hf.read_hf_state_dict(directory), config)
-  return config, params, hf_config
+  flat = hf._flatten(params)  # pylint: disable=protected-access
+  id_offset = tokenizer_id_offset(directory)
+  if id_offset:
+    bos = hf_config.get("bos_token_id")
+    if not isinstance(bos, int):
+      raise UsageError(f"{directory}/config.json names no bos_token_id; it is needed to fill "
+                       "the start-token row that the tokenizer's id offset adds.")
+    flat = _move_token_ids(flat, id_offset, start_id=bos)
+    config = dataclasses.replace(config, vocab_size=config.vocab_size + id_offset)
+  return config, hf._unflatten(flat), hf_config  # pylint: disable=protected-access
 
 
 def _vocabulary_gin(source: str) -> list[str]:
@@ -306,7 +381,8 @@ def _vocabulary_gin(source: str) -> list[str]:
 
 def model_gin_text(config: llama.LlamaConfig, source: str, gin_path: str,
                    checkpoint_dir: str) -> str:
-  """A model gin that builds exactly `config` (dtype and dropout left to the macros)."""
+  """A model gin that builds exactly `config` (dtype and dropout left to the macros), with
+  VOCABULARY over the tokenizer files copied into `checkpoint_dir`."""
   lines = [
       f"# A Llama-family decoder written by `instruct-jax convert` from {source}.",
       "# Fine-tune the params in this directory with:",
@@ -320,7 +396,7 @@ def model_gin_text(config: llama.LlamaConfig, source: str, gin_path: str,
       "from instruct_jax.models.networks import llama",
       "from instruct_jax.models.networks import rotary",
       "",
-      *_vocabulary_gin(source),
+      *_vocabulary_gin(checkpoint_dir),
       "",
       "llama.LlamaConfig:",
   ]
