@@ -47,6 +47,7 @@ COMMANDS = {
     "symbol-eval": "symbol_eval",
     "sweep": "sweep",
     "cache": "cache",
+    "prepare": "prepare",
     "synthesize": "synthesize",
 }
 # Kept here (not in the modules) so `instruct-jax --help` imports no command module.
@@ -61,6 +62,7 @@ COMMAND_HELP = {
                    "(gin: experiments/symbol_tuning/eval.gin).",
     "sweep": "FLAN leave-one-cluster-out sweep: train + zero-shot eval per held-out cluster.",
     "cache": "Cache seqio tasks offline with Apache Beam (train with USE_CACHED_TASKS=True).",
+    "prepare": "Build (or --dry_run: check) the TFDS datasets a mixture reads.",
     "synthesize": "Synthesize instruction-response pairs for a raw corpus with a synthesizer "
                   "model (gin: experiments/ipt/synthesize.gin + a model gin).",
 }

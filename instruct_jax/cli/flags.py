@@ -227,6 +227,19 @@ def cache(parser: argparse.ArgumentParser) -> None:
                            "--temp_location=gs://B/tmp (default: the DirectRunner).")
 
 
+def prepare(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--mixture", required=True,
+                      help="seqio mixture (or task) whose TFDS datasets to build.")
+  parser.add_argument("--module", default="tasks_registry",
+                      help="Module whose import registers it. Default: tasks_registry.")
+  parser.add_argument("--dry_run", action="store_true",
+                      help="Only list each dataset's state (ready / to build / manual).")
+  parser.add_argument("--data_dir", default=None,
+                      help="TFDS data directory (default: the tasks' own, else TFDS's).")
+  parser.add_argument("--manual_dir", default=None,
+                      help="Directory holding the files of manual-download datasets.")
+
+
 ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": train,
     "bench": bench,
@@ -237,5 +250,6 @@ ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "symbol-eval": gin_only,
     "sweep": sweep,
     "cache": cache,
+    "prepare": prepare,
     "synthesize": synthesize,
 }
