@@ -12,6 +12,12 @@ layer's activations are rematerialised at a time.
 A KV cache ("cache" collection) is stacked on axis 1, after the batch, so every
 cache leaf stays batch-major as models.decoding expects (beam search widens
 and reorders rows along axis 0).
+
+Forward and backward passes match the unrolled stack to float32 round-off, and
+so does training with element-wise optimizers (SGD, Adam) or factored second
+moments. Optimizer steps that take one RMS per parameter array (Adafactor's
+update clipping and parameter scale, optax's *_block_rms) see all layers of a
+stacked array at once, so those runs differ slightly from unrolled ones.
 """
 
 from collections.abc import Callable
