@@ -77,8 +77,8 @@ def test_quiet_train_shows_banner_progress_heldout_table_and_summary(finished_ru
 
   table = lines.index("| Task | Chance | Initial (step 0) | Trained (step 4) |")
   rows = {line.split(" | ")[0].strip("| "): line for line in lines[table + 2:table + 6]}
-  assert set(rows) == {"smoke_larger_number_rank", "smoke_parity_rank",
-                       "smoke_sentiment_word_rank", "mean (3 tasks)"}
+  assert set(rows) == {"smoke_reverse_choice_rank", "smoke_successor_choice_rank",
+                       "smoke_uppercase_choice_rank", "mean (3 tasks)"}
   assert re.fullmatch(r"\| mean \(3 tasks\) \| 50\.0 \| [\d.]+ \| [\d.]+ \|", rows["mean (3 tasks)"])
 
   summary = "\n".join(lines[lines.index(next(l for l in lines if l.startswith("Done:"))):])
@@ -101,7 +101,7 @@ def test_the_printed_eval_command_evaluates_the_checkpoint_from_anywhere(finishe
   result = _run([sys.executable, "-m", "instruct_jax", *argv[1:]], cwd=tmp_path)
   assert result.stderr == ""
   assert "# Evaluation (step 4)" in result.stdout
-  assert "| smoke_parity_rank |" in result.stdout
+  assert "| smoke_reverse_choice_rank |" in result.stdout
   assert os.path.exists(model_dir / "inference_eval" / "metrics_step_4.json")
 
 

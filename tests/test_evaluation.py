@@ -264,7 +264,7 @@ def test_cluster_lookup_uses_longest_stem_and_prefix():
   assert lookup("flan_rte") == "nli"
   assert lookup("flan_rtex") == reports.UNKNOWN_CLUSTER
   smoke_lookup = reports.cluster_lookup("tasks_registry.smoke.CLUSTERS", prefix="smoke_")
-  assert smoke_lookup("smoke_parity_rank") == "classification"
+  assert smoke_lookup("smoke_successor_choice_rank") == "skill_choice"
   assert reports.cluster_lookup(None)("anything") == reports.ALL_TASKS
   with pytest.raises(ValueError, match="dotted path"):
     reports.cluster_lookup("tasks_registry.smoke.NO_SUCH_TABLE")
@@ -272,8 +272,8 @@ def test_cluster_lookup_uses_longest_stem_and_prefix():
 
 def test_report_tables_and_chart(tmp_path):
   task_metrics = {
-      "smoke_parity_rank": {"accuracy": 70.0, "num_examples": 100.0},
-      "smoke_sentiment_word": {"accuracy": 50.0},
+      "smoke_successor_choice_rank": {"accuracy": 70.0, "num_examples": 100.0},
+      "smoke_uppercase_choice": {"accuracy": 50.0},
       "smoke_add_digits": {"exact_match": 90.0, "f1": 95.0},
       "smoke_reverse_word": {"rouge1": 40.0, "rougeLsum": 30.0},
   }
@@ -281,13 +281,13 @@ def test_report_tables_and_chart(tmp_path):
   paths = reports.render_report(task_metrics, step=12, cluster_of=lookup).write(str(tmp_path))
   report = json.loads(open(paths["json"]).read())
   clusters = {c["cluster"]: c for c in report["clusters"]}
-  assert clusters["classification"]["mean_score"] == pytest.approx(60.0)
+  assert clusters["skill_choice"]["mean_score"] == pytest.approx(60.0)
   assert clusters["arithmetic"]["mean_score"] == pytest.approx(90.0)
   assert clusters["string_edit"]["mean_score"] == pytest.approx(30.0)  # rougeLsum first
   by_task = {t["task"]: t for t in report["tasks"]}
-  assert by_task["smoke_parity_rank"]["metric"] == "accuracy"
+  assert by_task["smoke_successor_choice_rank"]["metric"] == "accuracy"
   markdown = open(paths["markdown"]).read()
-  assert "| classification | 2 | 60.00 |" in markdown
+  assert "| skill_choice | 2 | 60.00 |" in markdown
   assert "| smoke_add_digits | arithmetic | exact_match | 90.00 |" in markdown
   png = open(paths["png"], "rb").read()
   assert png.startswith(b"\x89PNG")

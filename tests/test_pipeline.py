@@ -87,7 +87,7 @@ def test_unrelated_name_says_nothing_is_close():
 
 def test_lookup_returns_tasks_and_mixtures():
   assert isinstance(pipeline.get_task_or_mixture("smoke_train"), seqio.Mixture)
-  assert isinstance(pipeline.get_task_or_mixture("smoke_parity"), seqio.Task)
+  assert isinstance(pipeline.get_task_or_mixture("smoke_successor_choice"), seqio.Task)
 
 
 # ------------------------------------------------------------- get_dataset
@@ -117,7 +117,7 @@ def test_decoder_only_shapes():
 
 
 def test_options_feature_of_a_single_task_is_dropped_by_the_converter():
-  cfg = config(name="smoke_parity")
+  cfg = config(name="smoke_successor_choice")
   batch = next(pipeline.get_dataset(cfg, 0, 1, seqio.EncDecFeatureConverter(pack=False))
                .as_numpy_iterator())
   assert "options" not in batch and batch["encoder_input_tokens"].shape == (8, 32)

@@ -1,5 +1,7 @@
 """Smoke tasks: well-formed, deterministic, options rendered, mixtures hold out a cluster."""
+import collections
 import importlib
+import re
 
 import numpy as np
 import pytest
@@ -61,8 +63,10 @@ def test_answers_are_correct_on_a_few_examples():
   for ex in smoke.generate_examples("smoke_reverse_word", "validation")[:20]:
     word = ex.inputs.split(": ")[-1] if ": " in ex.inputs else ex.inputs.split("'")[1]
     assert ex.targets == word[::-1]
-  for ex in smoke.generate_examples("smoke_larger_number", "validation")[:20]:
-    assert int(ex.targets) == max(int(o) for o in ex.options)
+  for ex in smoke.generate_examples("smoke_reverse_choice", "validation")[:20]:
+    assert ex.targets == ex.inputs.split("'")[1][::-1]
+  for ex in smoke.generate_examples("smoke_successor_choice", "validation")[:20]:
+    assert int(ex.targets) == int(re.search(r"\d+", ex.inputs).group()) + 1
 
 
 @pytest.mark.parametrize("name", OPTION_TASKS)
@@ -79,6 +83,36 @@ def test_options_block_renders_and_target_is_an_option(name):
 def test_held_out_cluster_is_all_option_tasks():
   held_out = smoke.task_names([smoke.HELD_OUT_CLUSTER])
   assert held_out and set(held_out) <= set(OPTION_TASKS)
+
+
+def _question_and_subject(ex):
+  question = ex.inputs.split("\n")[0]
+  subject = re.search(r"'([a-z]+)'|(\d+)", question)
+  return question, subject.group(1) or subject.group(2)
+
+
+@pytest.mark.parametrize("name", smoke.task_names([smoke.HELD_OUT_CLUSTER]))
+def test_held_out_distractor_is_a_same_length_near_miss(name):
+  kinds = collections.Counter()
+  for ex in smoke.generate_examples(name, "validation"):
+    (distractor,) = [o for o in ex.options if o != ex.targets]
+    assert len(ex.options) == 2 and len(distractor) == len(ex.targets)
+    changed = sum(a != b for a, b in zip(distractor, ex.targets))
+    assert changed in (1, 2)
+    kinds[sorted(distractor) == sorted(ex.targets)] += 1
+  if name == "smoke_reverse_choice":  # Mostly the right letters, two neighbours swapped.
+    assert kinds[True] > 0.9 * sum(kinds.values())
+
+
+def test_held_out_questions_are_phrased_unlike_any_training_prompt():
+  training_inputs = [ex.inputs for name in smoke.task_names()
+                     if name not in smoke.task_names([smoke.HELD_OUT_CLUSTER])
+                     for ex in smoke.generate_examples(name, "train")]
+  for name in smoke.task_names([smoke.HELD_OUT_CLUSTER]):
+    for ex in smoke.generate_examples(name, "validation")[:50]:
+      question, subject = _question_and_subject(ex)
+      wording = max(question.split(subject), key=len)
+      assert not any(wording in text for text in training_inputs), (name, wording)
 
 
 def _mixture_tasks(name):
@@ -110,7 +144,7 @@ def test_mixture_yields_examples():
 
 
 def test_smoke_tasks_score_exact_matches():
-  assert seqio.get_mixture_or_task("smoke_parity").metric_fns == [metrics.accuracy]
+  assert seqio.get_mixture_or_task("smoke_successor_choice").metric_fns == [metrics.accuracy]
   assert metrics.accuracy(["odd", "7"], ["odd", "8"]) == {"accuracy": 50.0}
   assert metrics.accuracy([b"odd"], [" odd"]) == {"accuracy": 100.0}
   with pytest.raises(ValueError, match="pair up"):
