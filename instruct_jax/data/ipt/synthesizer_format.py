@@ -102,10 +102,14 @@ def split_options(question: str) -> tuple[str, tuple[str, ...]]:
 
 
 def chain_of_thought_pair(question: str, reasoning: str, answer: str) -> QAPair:
-  """A chain-of-thought pair: the trigger ends the question, the answer ends the response."""
+  """A chain-of-thought pair: the trigger ends the question, the answer ends the response.
+
+  After an options block the trigger gets its own line.
+  """
   stem = question.rstrip()
   if not stem.endswith(COT_TRIGGER):
-    stem = f"{stem} {COT_TRIGGER}"
+    separator = "\n" if split_options(stem)[1] else " "
+    stem = f"{stem}{separator}{COT_TRIGGER}"
   reasoning = reasoning.strip()
   return QAPair(stem, f"{reasoning} {COT_ANSWER_LEAD} {answer.strip()}".lstrip())
 
