@@ -1,4 +1,4 @@
-"""Llama / Mistral decoder: parity with transformers (PyTorch, float32), conversion, attention paths.
+"""Llama / Mistral decoder: transformers parity (PyTorch, float32), conversion, attention paths.
 
 Random tiny HF models (no downloads) cover grouped-query attention (kv heads <
 heads, down to one), tied and untied embeddings, a non-default rope theta,
@@ -266,7 +266,8 @@ def test_bad_configs_name_the_problem():
   with pytest.raises(UsageError) as error:
     hf_llama.params_from_hf_state_dict(state_dict, config)
   assert "missing: model.layers.1.mlp.up_proj.weight" in str(error.value)
-  assert "wrong shape: model.layers.0.self_attn.k_proj.weight: found (32, 32), expected (16, 32)" in str(error.value)
+  assert ("wrong shape: model.layers.0.self_attn.k_proj.weight: found (32, 32), expected "
+          "(16, 32)") in str(error.value)
 
 
 def _init(model, seed: int = 0):

@@ -91,7 +91,8 @@ def _rope_from_hf(hf_config: Mapping[str, Any]) -> rotary.RotaryEmbedding:
                    "'llama3' (Llama 3.1 scaling).")
 
 
-def llama_config_from_hf(hf_config: Mapping[str, Any], dtype: str = "bfloat16") -> llama.LlamaConfig:
+def llama_config_from_hf(hf_config: Mapping[str, Any],
+                         dtype: str = "bfloat16") -> llama.LlamaConfig:
   """Our LlamaConfig for an HF Llama or Mistral config.json (dropout is a training choice)."""
   model_type = hf_config.get("model_type")
   if model_type not in MODEL_TYPES:
@@ -178,7 +179,8 @@ def hf_config_from_llama(config: llama.LlamaConfig, base: Optional[Mapping[str, 
 
 def name_map(config: llama.LlamaConfig) -> dict[str, str]:
   """Our flat param name ('a/b/c') -> HF state-dict key, for every parameter."""
-  names = {_EMBEDDING: "model.embed_tokens.weight", "decoder/decoder_norm/scale": "model.norm.weight"}
+  names = {_EMBEDDING: "model.embed_tokens.weight",
+           "decoder/decoder_norm/scale": "model.norm.weight"}
   for i in range(config.num_layers):
     ours, theirs = f"decoder/layers_{i}", f"model.layers.{i}"
     names[f"{ours}/pre_self_attention_layer_norm/scale"] = f"{theirs}.input_layernorm.weight"
