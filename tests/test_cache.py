@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from instruct_jax import cli
 from instruct_jax.data import cache
+from instruct_jax.data import mixture_inspection
 from instruct_jax.data import pipeline
 from instruct_jax.errors import UsageError
 from tasks_registry import registration
@@ -52,7 +53,7 @@ def registered():
   patch.setattr(seqio.TfdsDataSource, "num_input_examples", lambda self, split: None)
   patch.setattr(seqio.TfdsDataSource, "list_shards",
                 lambda self, split: [f"{self.tfds_dataset.name}-{split}.mock"])
-  cache_dirs = seqio.utils.get_global_cache_dirs()
+  cache_dirs = list(seqio.utils.get_global_cache_dirs())
   with tfds.testing.mock_data(num_examples=10):
     yield
   seqio.set_global_cache_dirs(cache_dirs)
@@ -153,6 +154,16 @@ def test_train_run_from_the_cache(cache_dir, tmp_path, monkeypatch):
   assert os.path.isdir(model_dir / "checkpoint_2")
 
 
+@needs_beam
+def test_inspect_counts_from_the_cache(cache_dir):
+  (summary,) = mixture_inspection.summarize(seqio.get_mixture_or_task("smoke_reverse_word"),
+                                            "train", num_samples=1, cache_dir=cache_dir)
+  assert (summary.examples, summary.counted_from, summary.cached) == (
+      SMALL_SMOKE["train"], "cache", True)
+  texts = {(e.inputs, e.targets) for e in smoke.generate_examples("smoke_reverse_word", "train")}
+  assert (summary.samples[0]["inputs"], summary.samples[0]["targets"]) in texts
+
+
 def _numbered_task(name, vocabulary=BYTES):
   registration.replace_task(
       name,
@@ -170,7 +181,7 @@ def test_uncached_task_error_names_the_cache_command(tmp_path):
   cfg = pipeline.DatasetConfig("cachetest_uncached", {"inputs": 8, "targets": 8}, "train",
                                batch_size=2, shuffle=False, seed=0, use_cached=True,
                                cache_dir=str(tmp_path), module="tasks_registry")
-  cache_dirs = seqio.utils.get_global_cache_dirs()
+  cache_dirs = list(seqio.utils.get_global_cache_dirs())
   try:
     with pytest.raises(cache.TaskNotCachedError) as error:
       pipeline.get_dataset(cfg, 0, 1, seqio.EncDecFeatureConverter(pack=False))

@@ -48,6 +48,7 @@ COMMANDS = {
     "sweep": "sweep",
     "cache": "cache",
     "prepare": "prepare",
+    "inspect": "inspect_mixture",
     "synthesize": "synthesize",
 }
 # Kept here (not in the modules) so `instruct-jax --help` imports no command module.
@@ -63,6 +64,8 @@ COMMAND_HELP = {
     "sweep": "FLAN leave-one-cluster-out sweep: train + zero-shot eval per held-out cluster.",
     "cache": "Cache seqio tasks offline with Apache Beam (train with USE_CACHED_TASKS=True).",
     "prepare": "Build (or --dry_run: check) the TFDS datasets a mixture reads.",
+    "inspect": "Describe a mixture: tasks, rates, example counts (cache stats when cached), "
+               "sample prompts.",
     "synthesize": "Synthesize instruction-response pairs for a raw corpus with a synthesizer "
                   "model (gin: experiments/ipt/synthesize.gin + a model gin).",
 }

@@ -240,6 +240,18 @@ def prepare(parser: argparse.ArgumentParser) -> None:
                       help="Directory holding the files of manual-download datasets.")
 
 
+def inspect(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--mixture", required=True, help="seqio mixture (or task) to describe.")
+  parser.add_argument("--module", default="tasks_registry",
+                      help="Module whose import registers it. Default: tasks_registry.")
+  parser.add_argument("--split", default="train", help="Split to count and sample.")
+  parser.add_argument("--num_examples", type=int, default=2,
+                      help="Examples shown per task (0: only the table).")
+  parser.add_argument("--cache_dir", default=None,
+                      help="Where `instruct-jax cache` wrote caches: counts and samples of "
+                           "cached tasks are read from them.")
+
+
 ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": train,
     "bench": bench,
@@ -251,5 +263,6 @@ ADD_ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "sweep": sweep,
     "cache": cache,
     "prepare": prepare,
+    "inspect": inspect,
     "synthesize": synthesize,
 }
