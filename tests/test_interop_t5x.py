@@ -233,6 +233,29 @@ def test_adafactor_statistics_carry_over(tmp_path):
                          updates_carried[kernel[0]][kernel[1]])
 
 
+def test_adafactor_statistics_carry_over_into_a_scanned_model(tmp_path):
+  """t5x's per-layer statistics land in the stacked state, layer by layer."""
+  model, params = _model_and_params()
+  tx = optimizers.adafactor(1e-3, min_dim_size_to_factor=32)
+  param_states = _t5x_param_states(params, tx.init(params), np.random.default_rng(0))
+  write_legacy_t5x_checkpoint(str(tmp_path / "checkpoint_1000"), params,
+                              param_states=param_states, step=1000)
+  scanned = factories.tiny_t5(scan_layers=True)
+  abstract = nn.meta.unbox(jax.eval_shape(
+      lambda: scanned.init_params(jax.random.key(0), factories.input_shapes(BATCH))))
+  opt_state = tx.init(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract))
+
+  new_state, report = adafactor_carry_over.load_adafactor_state(
+      str(tmp_path / "checkpoint_1000"), opt_state)
+  stacked = optimizers.factored_state(new_state).v_row["encoder"]["layers"]
+  for i in range(2):
+    np.testing.assert_array_equal(
+        np.asarray(stacked["mlp"]["wi_0"]["kernel"])[i],
+        param_states["encoder"][f"layers_{i}"]["mlp"]["wi_0"]["kernel"]["v_row"])
+  assert "encoder/layers/mlp/wi_0/kernel: v_row" in report.carried
+  assert not [s for s in report.skipped if "/layers/" in s]
+
+
 def test_t5x_orbax_checkpoint(tmp_path):
   model, params = _model_and_params(seed=3)
   tx = optimizers.adafactor(1e-3, min_dim_size_to_factor=32)

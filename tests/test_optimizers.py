@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from instruct_jax.checkpoints import layer_layout
 from instruct_jax.train import optimizers
 
 
@@ -121,6 +122,42 @@ def test_same_state_tree_and_updates_as_optax_adafactor():
       u2, ref_state = ref.update(grads, ref_state, params)
       jax.tree.map(
           lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), u1, u2)
+
+
+def test_adafactor_steps_a_scanned_stack_like_its_unrolled_layers():
+  """Clipping and parameter scale take one RMS per layer of a stacked array.
+
+  Layers of very different scale make pooled RMS values visibly wrong, so
+  the stacked run matches the unrolled one only if each layer is on its own.
+  """
+  rng = np.random.default_rng(0)
+  shapes = {"mlp": {"wi": (160, 192), "wo": (192, 160)}, "norm": {"scale": (160,)}}
+
+  def layer(scale):
+    return {group: {name: jnp.asarray(scale * rng.normal(size=shape), jnp.float32)
+                    for name, shape in leaves.items()} for group, leaves in shapes.items()}
+
+  unrolled = {"decoder": {f"layers_{i}": layer(10.0 ** i) for i in range(3)},
+              "token_embedder": {"embedding": jnp.asarray(rng.normal(size=(64, 160)),
+                                                          jnp.float32)}}
+  like = {"decoder": {"layers": {}}, "token_embedder": {}}
+  like["decoder"]["layers"] = jax.tree.map(lambda x: None, unrolled["decoder"]["layers_0"])
+  params = {"unrolled": unrolled,
+            "stacked": layer_layout.materialize(layer_layout.match_layout(unrolled, like))}
+  assert params["stacked"]["decoder"]["layers"]["mlp"]["wi"].shape == (3, 160, 192)
+  optimizer = optimizers.adafactor(0.1, clipping_threshold=1.0)
+  states = {k: optimizer.init(p) for k, p in params.items()}
+  for step in range(3):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32) * (
+        1.0 + step), params["unrolled"])
+    grads = {"unrolled": grads,
+             "stacked": layer_layout.materialize(layer_layout.match_layout(grads, like))}
+    for k in params:
+      updates, states[k] = optimizer.update(grads[k], states[k], params[k])
+      params[k] = optax.apply_updates(params[k], updates)
+    back = layer_layout.materialize(layer_layout.to_per_layer(params["stacked"]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 back, params["unrolled"])
 
 
 def test_factored_state_requires_adafactor():

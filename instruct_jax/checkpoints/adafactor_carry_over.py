@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
+from instruct_jax.checkpoints import layer_layout
 from instruct_jax.checkpoints import orbax_trees
 from instruct_jax.checkpoints import params_io
 from instruct_jax.checkpoints import t5x
@@ -69,6 +70,8 @@ def load_adafactor_state(path: str, opt_state: Any, carry_count: bool = True
         "with its optimizer state, resume it from its MODEL_DIR instead.")
 
   factored = optimizers.factored_state(opt_state)
+  # t5x stores statistics per layer; a scanned model keeps them stacked per layer.
+  param_states = layer_layout.match_layout(param_states, factored.v_row)
   flat_states = {"/".join(k): v for k, v in traverse_util.flatten_dict(
       param_states, is_leaf=lambda _, node: _is_param_state(node)).items()
                  if _is_param_state(v)}

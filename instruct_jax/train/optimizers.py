@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from instruct_jax.errors import UsageError
+from instruct_jax.models.networks import stack
 
 SCHEDULE_NAMES = ("constant", "rsqrt_decay", "linear", "cosine")
 
@@ -109,10 +110,10 @@ def adafactor(
           decay_rate_fn=_second_moment_decay),
   ]
   if clipping_threshold is not None:
-    chain.append(optax.clip_by_block_rms(clipping_threshold))
+    chain.append(per_layer(optax.clip_by_block_rms(clipping_threshold)))
   chain.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
   if multiply_by_parameter_scale:
-    chain.append(optax.scale_by_param_block_rms(min_scale=epsilon2))
+    chain.append(per_layer(optax.scale_by_param_block_rms(min_scale=epsilon2)))
   if momentum is not None:
     chain.append(optax.ema(
         momentum, debias=False, accumulator_dtype=jnp.float32))
@@ -121,6 +122,37 @@ def adafactor(
   # Gradient descent: step against the normalised gradient.
   chain.append(optax.scale(-1.0))
   return optax.chain(*chain)
+
+
+def _in_layer_stack(path: tuple) -> bool:
+  """Whether a leaf sits in a scanned layer stack (its leading axis is the layer)."""
+  return any(getattr(key, "key", None) == stack.SCANNED_NAME for key in path)
+
+
+def per_layer(transform: optax.GradientTransformation) -> optax.GradientTransformation:
+  """A stateless per-array `transform` applied to each layer of a scanned stack alone.
+
+  Scanned models hold a layer's parameters as one array with a leading layer
+  axis (models/networks/stack.py). Steps that take one RMS per array (update
+  clipping, parameter scale) would otherwise pool every layer, and a scanned
+  run would step differently from the unrolled one with the same weights.
+  Leaves outside a stack are passed to `transform` unchanged.
+  """
+
+  def update_fn(updates, state, params=None):
+    def one_array(path, update, param=None):
+      def apply(u, p):
+        return transform.update(u, state, p)[0]
+      if _in_layer_stack(path):
+        return jax.vmap(apply)(update, param) if param is not None else jax.vmap(
+            lambda u: apply(u, None))(update)
+      return apply(update, param)
+
+    if params is None:
+      return jax.tree_util.tree_map_with_path(one_array, updates), state
+    return jax.tree_util.tree_map_with_path(one_array, updates, params), state
+
+  return optax.GradientTransformation(transform.init, update_fn)
 
 
 def factored_state(opt_state: Any) -> optax.FactoredState:

@@ -14,10 +14,10 @@ cache leaf stays batch-major as models.decoding expects (beam search widens
 and reorders rows along axis 0).
 
 Forward and backward passes match the unrolled stack to float32 round-off, and
-so does training with element-wise optimizers (SGD, Adam) or factored second
-moments. Optimizer steps that take one RMS per parameter array (Adafactor's
-update clipping and parameter scale, optax's *_block_rms) see all layers of a
-stacked array at once, so those runs differ slightly from unrolled ones.
+so does training with element-wise optimizers (SGD, Adam), factored second
+moments, and optimizers.adafactor, whose per-array RMS steps (update clipping,
+parameter scale) go through optimizers.per_layer. A bare optax *_block_rms step
+would pool all layers of a stacked array and step slightly differently.
 """
 
 from collections.abc import Callable
