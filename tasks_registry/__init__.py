@@ -6,5 +6,6 @@ or reloading twice is safe.
 """
 from tasks_registry import cot  # noqa: F401
 from tasks_registry import flan  # noqa: F401
+from tasks_registry import ipt  # noqa: F401
 from tasks_registry import smoke  # noqa: F401
 from tasks_registry import symbol_tuning  # noqa: F401

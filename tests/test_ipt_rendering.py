@@ -4,9 +4,12 @@ import os
 import random
 import re
 
+import gin
 import pytest
 import seqio
+import tensorflow as tf
 
+from instruct_jax.cli import gin_setup
 from instruct_jax.data.ipt import connective_mining
 from instruct_jax.data.ipt import corpus_files
 from instruct_jax.data.ipt import rendering
@@ -204,9 +207,9 @@ def test_continual_mixture_is_one_to_one_by_tokens(tmp_path):
   registration.replace_task(
       "test_ipt_flan_like",
       source=seqio.FunctionDataSource(
-          lambda split, shuffle_files, seed=None: __import__("tensorflow").data.Dataset
-          .from_tensor_slices({"inputs": [f"Instruction {i}: say {'x' * i}" for i in range(40)],
-                               "targets": [f"ok {i}" for i in range(40)]}), splits=["train"]),
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices({
+              "inputs": [f"Instruction {i}: say {'x' * i}" for i in range(40)],
+              "targets": [f"ok {i}" for i in range(40)]}), splits=["train"]),
       preprocessors=[seqio.preprocessors.tokenize],
       output_features={k: seqio.Feature(BYTES) for k in ("inputs", "targets")})
   name = pretraining.register_continual_pretrain_mixture(
@@ -221,3 +224,45 @@ def test_continual_mixture_is_one_to_one_by_tokens(tmp_path):
     tokens["domain" if "DOMAIN" in text else "instruction"] += int((example["targets"] != 0).sum())
   share = tokens["instruction"] / sum(tokens.values())
   assert abs(share - 0.5) < 0.03, share
+
+
+@pytest.fixture
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_pretraining_gins_register_their_mixtures(tmp_path, clean_gin):
+  del clean_gin
+  write_chains(tmp_path / "synth", 4, 2, "CONVERTED")
+  (tmp_path / "raw.txt").write_text("one raw text\n\nanother raw text")
+  gin_setup.parse_gin(
+      ["models/llama/tiny.gin", "experiments/ipt/pretrain_from_scratch.gin"],
+      ["MODEL_DIR = '/tmp/ipt_gin_test'", f"SYNTHESIZED_DIR = '{tmp_path / 'synth'}'",
+       f"RAW_TEXT_PATHS = ['{tmp_path / 'raw.txt'}']"])
+  name = gin.query_parameter("%MIXTURE_OR_TASK_NAME").scoped_configurable_fn()
+  assert name == "ipt_pretrain_from_scratch"
+  rates = {t.name: seqio.get_mixture_or_task(name).get_rate(t)
+           for t in seqio.get_mixture_or_task(name).tasks}
+  assert rates == {"ipt_pretrain_from_scratch_converted": pytest.approx(0.1),
+                   "ipt_pretrain_from_scratch_raw_text": pytest.approx(0.8)}
+  assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"targets": 2048}
+  registration.remove_with_prefix("ipt_pretrain_from_scratch")
+  gin.clear_config()
+  registration.replace_task(
+      "test_ipt_instructions",
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": ["Say hi."], "targets": ["hi"]}), splits=["train"]),
+      preprocessors=[seqio.preprocessors.tokenize],
+      output_features={k: seqio.Feature(BYTES) for k in ("inputs", "targets")})
+  gin_setup.parse_gin(
+      ["models/llama/tiny.gin", "experiments/ipt/continual_pretrain.gin"],
+      ["MODEL_DIR = '/tmp/ipt_gin_test'", "INITIAL_CHECKPOINT_PATH = '/tmp/none'",
+       f"SYNTHESIZED_DIR = '{tmp_path / 'synth'}'",
+       "INSTRUCTION_MIXTURE = 'test_ipt_instructions'"])
+  name = gin.query_parameter("%MIXTURE_OR_TASK_NAME").scoped_configurable_fn()
+  assert name == "ipt_continual_pretrain"
+  assert len(seqio.get_mixture_or_task(name).tasks) == 2
+  registration.remove_with_prefix("ipt_continual_pretrain")

@@ -1,6 +1,7 @@
 """Synthesizer-tuning tasks: TFDS QA datasets -> concatenated examples, loss on pairs only."""
 import re
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from instruct_jax.cli import gin_setup
 from instruct_jax.data.ipt import pair_loss
 from instruct_jax.data.ipt import qa_datasets
 from instruct_jax.data.ipt import synthesizer_format as fmt
@@ -29,7 +31,7 @@ def mock_sequences():
   """Every source's train sequences under TFDS mock data, with a byte vocabulary."""
   with tfds.testing.mock_data(num_examples=6):
     mixture = synthesizer_tuning.register_synthesizer_tuning_tasks(
-        BYTES, sequence_length=SEQUENCE_LENGTH, max_contexts=MAX_CONTEXTS,
+        BYTES, {"targets": SEQUENCE_LENGTH}, max_contexts=MAX_CONTEXTS,
         prefix="ipt_test_synth", mixture="ipt_test_synth_tuning")
     sequences = {}
     for source in qa_datasets.SOURCES:
@@ -182,3 +184,22 @@ def test_converter_weights_pairs_and_falls_back_to_seqio():
       roles, {"targets": 8}).as_numpy_iterator())
   np.testing.assert_array_equal(packed["decoder_target_tokens"], [5, 6, 7, 8, 9, 4, 0, 0])
   np.testing.assert_array_equal(packed["decoder_loss_weights"], [0, 1, 1, 0, 0, 1, 0, 0])
+
+
+def test_tune_synthesizer_gin_trains_pairs_only(tmp_path):
+  gin.clear_config()
+  try:
+    gin_setup.parse_gin(
+        ["models/llama/tiny.gin", "experiments/ipt/tune_synthesizer.gin"],
+        ["MODEL_DIR = '/tmp/ipt_gin_test'", "INITIAL_CHECKPOINT_PATH = '/tmp/none'",
+         "TRAIN_STEPS = 10", "TASK_FEATURE_LENGTHS = {'targets': 512}", "SYNTHESIZER_TUNING_SOURCES = ['squad']"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert isinstance(model, pair_loss.PairLossDecoderOnlyModel)
+    assert isinstance(model.feature_converter(pack=False), pair_loss.PairLossFeatureConverter)
+    name = gin.query_parameter("%MIXTURE_OR_TASK_NAME").scoped_configurable_fn()
+    assert name == synthesizer_tuning.MIXTURE
+    assert [t.name for t in seqio.get_mixture_or_task(name).tasks] == ["ipt_synthesizer_squad"]
+    assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"targets": 512}
+  finally:
+    gin.clear_config()
+    registration.remove_with_prefix("ipt_synthesizer")

@@ -38,7 +38,7 @@ from tasks_registry import registration
 
 PREFIX = "ipt_synthesizer"
 MIXTURE = "ipt_synthesizer_tuning"
-DEFAULT_SEQUENCE_LENGTH = 4096
+DEFAULT_TASK_FEATURE_LENGTHS = {"targets": 4096}
 
 
 def load_examples(source: qa_datasets.QASource, split: str, max_contexts: int | None,
@@ -101,7 +101,8 @@ def _features(vocabulary: seqio.Vocabulary, architecture: str) -> dict[str, seqi
 
 
 def register_synthesizer_tuning_tasks(
-    vocabulary: seqio.Vocabulary, sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
+    vocabulary: seqio.Vocabulary,
+    task_feature_lengths: Mapping[str, int] = DEFAULT_TASK_FEATURE_LENGTHS,
     max_contexts: int | None = tuning_examples.DEFAULT_MAX_CONTEXTS,
     sources: Sequence[str] | None = None, rates: Mapping[str, float] | None = None,
     architecture: str = prompts.DECODER_ONLY, data_dir: str | None = None,
@@ -110,8 +111,8 @@ def register_synthesizer_tuning_tasks(
 
   Args:
     vocabulary: the synthesizer's vocabulary.
-    sequence_length: tokens per training sequence (decoder-only); set it to
-      TASK_FEATURE_LENGTHS['targets'].
+    task_feature_lengths: the training lengths (TASK_FEATURE_LENGTHS); decoder-only
+      sequences are filled up to its 'targets' length.
     max_contexts: contexts per dataset and split (None = all).
     sources: source names (default all of qa_datasets.SOURCES).
     rates: source -> mixing rate (default 1 each).
@@ -123,8 +124,10 @@ def register_synthesizer_tuning_tasks(
   if unknown:
     raise UsageError(f"Unknown synthesizer-tuning sources {unknown}; choose from "
                      f"{', '.join(qa_datasets.SOURCES_BY_NAME)}.")
+  sequence_length = int(task_feature_lengths["targets"])
   if sequence_length < 16:
-    raise UsageError(f"sequence_length {sequence_length} is too short for a tuning example.")
+    raise UsageError(f"TASK_FEATURE_LENGTHS['targets'] = {sequence_length} is too short for "
+                     "synthesizer-tuning sequences; use the model's context (e.g. 4096).")
   features = _features(vocabulary, architecture)
   tasks = []
   for name in names:
