@@ -17,7 +17,7 @@ from instruct_jax.errors import UsageError
 
 SHOWN_PER_KIND = 3
 # `t5.T5Config.emb_dim = 64` lines of a launch record (gin.config_str() output).
-_NETWORK_SIZE = re.compile(r"^([\w.]*(?:T5Config|DecoderConfig))\.(\w+) = (\d+)\s*$", re.M)
+_NETWORK_SIZE = re.compile(r"^([\w.]*(?:T5Config|DecoderConfig|LlamaConfig))\.(\w+) = (\d+)\s*$", re.M)
 
 
 class CheckpointMismatchError(UsageError):
