@@ -8,15 +8,18 @@ import gin
 import pytest
 import seqio
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from instruct_jax.cli import gin_setup
 from instruct_jax.data.ipt import connective_mining
 from instruct_jax.data.ipt import corpus_files
+from instruct_jax.data.ipt import qa_datasets
 from instruct_jax.data.ipt import rendering
 from instruct_jax.data.ipt import synthesizer_format as fmt
 from instruct_jax.errors import UsageError
 from tasks_registry import registration
 from tasks_registry.ipt import pretraining
+from tasks_registry.ipt import synthesizer_tuning
 
 BYTES = seqio.ByteVocabulary()
 QA = fmt.QAPair
@@ -266,3 +269,26 @@ def test_pretraining_gins_register_their_mixtures(tmp_path, clean_gin):
   assert name == "ipt_continual_pretrain"
   assert len(seqio.get_mixture_or_task(name).tasks) == 2
   registration.remove_with_prefix("ipt_continual_pretrain")
+
+
+def test_synthesizer_tuning_data_mixes_in_as_rendered_text(tmp_path):
+  write_chains(tmp_path / "synth", 10, 2, "CONVERTED")
+  raw = tmp_path / "raw.jsonl"
+  raw.write_text("\n".join(json.dumps({"body": f"RAW document {i}."}) for i in range(10)))
+  with tfds.testing.mock_data(num_examples=4):
+    name = pretraining.register_pretrain_from_scratch_mixture(
+        "test_ipt_with_qa", str(tmp_path / "synth"), [str(raw)], BYTES, text_field="body",
+        synthesizer_tuning_rate=0.5, synthesizer_tuning_sources=["squad"])
+    mixture = seqio.get_mixture_or_task(name)
+    assert mixture.get_rate(seqio.get_mixture_or_task("test_ipt_with_qa_qa_text")) == (
+        pytest.approx(0.5 * (0.2 / 2 + 0.8)))
+    qa_texts = [BYTES.decode(ex["targets"].tolist()) for ex in seqio.get_mixture_or_task(
+        "test_ipt_with_qa_qa_text").get_dataset({"targets": 4096}, shuffle=False)
+        .as_numpy_iterator()]
+    examples = synthesizer_tuning.load_examples(
+        qa_datasets.SOURCES_BY_NAME["squad"], "train", None)
+  assert len(qa_texts) == len(examples) == 4
+  for text, example in zip(qa_texts, examples):
+    assert example.text in text
+    for pair in example.pairs:
+      assert_pair_rendered(pair, text)

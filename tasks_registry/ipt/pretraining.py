@@ -18,7 +18,8 @@ gin_configs/experiments/ipt/):
 Mixtures:
 
   register_pretrain_from_scratch_mixture   a fraction of DOCUMENTS converted
-      (default 1/5), the rest raw text, optionally the synthesizer-tuning data.
+      (default 1/5), the rest raw text, optionally the synthesizer-tuning data
+      (the TFDS QA contexts with their pairs, rendered like converted text).
       An example of the converted task is a chain of L documents on average,
       one of the raw task a single document, so the rates are f / L and 1 - f:
       the expected share of documents is then f.
@@ -43,9 +44,12 @@ import tensorflow as tf
 
 from instruct_jax.data.ipt import corpus_files
 from instruct_jax.data.ipt import prompts
+from instruct_jax.data.ipt import qa_datasets
 from instruct_jax.data.ipt import rendering
+from instruct_jax.data.ipt import tuning_examples
 from instruct_jax.errors import UsageError
 from tasks_registry import registration
+from tasks_registry.ipt import synthesizer_tuning
 
 DEFAULT_CONVERTED_FRACTION = 0.2
 DEFAULT_TOKEN_SAMPLE_SIZE = 2000
@@ -127,6 +131,20 @@ def _instruction_dataset_fn(split: str, shuffle_files: bool, seed: int | None = 
       [ex["inputs_pretokenized"], ex["targets_pretokenized"]], separator=" ")})
 
 
+def _qa_text_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
+                        sources: tuple[str, ...], max_contexts: int | None,
+                        data_dir: str | None, render_seed: int):
+  _only_train(split)
+  texts = []
+  for name in sources:
+    source = qa_datasets.SOURCES_BY_NAME[name]
+    for i, example in enumerate(synthesizer_tuning.load_examples(
+        source, TRAIN, max_contexts, data_dir)):
+      texts.append({"targets": rendering.render_chain([(example.text, example.pairs)],
+                                                      f"{name}:{i}", render_seed)})
+  return _from_examples(texts, shuffle_files, seed)
+
+
 def _register(name: str, dataset_fn, features: Mapping[str, seqio.Feature]) -> str:
   registration.replace_task(
       name, source=seqio.FunctionDataSource(dataset_fn, splits=[TRAIN]),
@@ -160,6 +178,21 @@ def register_instruction_text_task(name: str, source: str,
                    _features(vocabulary, prompts.DECODER_ONLY))
 
 
+def register_qa_text_task(name: str, vocabulary: seqio.Vocabulary,
+                          sources: Sequence[str] | None = None,
+                          max_contexts: int | None = tuning_examples.DEFAULT_MAX_CONTEXTS,
+                          data_dir: str | None = None, render_seed: int = 0) -> str:
+  """Task `name`: the synthesizer-tuning contexts and pairs as natural pre-training text."""
+  names = tuple(sources) if sources else tuple(s.name for s in qa_datasets.SOURCES)
+  unknown = [n for n in names if n not in qa_datasets.SOURCES_BY_NAME]
+  if unknown:
+    raise UsageError(f"Unknown QA sources {unknown}; choose from "
+                     f"{', '.join(qa_datasets.SOURCES_BY_NAME)}.")
+  return _register(name, functools.partial(
+      _qa_text_dataset_fn, sources=names, max_contexts=max_contexts, data_dir=data_dir,
+      render_seed=render_seed), _features(vocabulary, prompts.DECODER_ONLY))
+
+
 def documents_per_chain(synthesized_dir: str) -> float:
   chains = _chains(synthesized_dir)
   if not chains:
@@ -170,13 +203,15 @@ def documents_per_chain(synthesized_dir: str) -> float:
 def register_pretrain_from_scratch_mixture(
     name: str, synthesized_dir: str, raw_text_paths: Sequence[str],
     vocabulary: seqio.Vocabulary, converted_fraction: float = DEFAULT_CONVERTED_FRACTION,
-    text_field: str = "text", synthesizer_tuning: str | None = None,
-    synthesizer_tuning_rate: float = 0.0, render_seed: int = 0) -> str:
+    text_field: str = "text", synthesizer_tuning_rate: float = 0.0,
+    synthesizer_tuning_sources: Sequence[str] | None = None,
+    tfds_data_dir: str | None = None, render_seed: int = 0) -> str:
   """Mixture `name`: converted chains + raw documents (+ synthesizer-tuning data); returns it.
 
-  `converted_fraction` is the share of DOCUMENTS that are converted text.
-  `synthesizer_tuning` (a task/mixture name) is mixed in at
-  `synthesizer_tuning_rate` times the total rate of the other two (0 leaves it out).
+  `converted_fraction` is the share of DOCUMENTS that are converted text. With
+  `synthesizer_tuning_rate` > 0, the synthesizer-tuning QA data (rendered as
+  text, `register_qa_text_task`) is mixed in at that many times the total rate
+  of the other two.
   """
   if not 0.0 < converted_fraction < 1.0:
     raise UsageError(f"converted_fraction must be in (0, 1), got {converted_fraction}; use "
@@ -186,8 +221,10 @@ def register_pretrain_from_scratch_mixture(
   raw = register_raw_text_task(f"{name}_raw_text", raw_text_paths, vocabulary, text_field)
   rates = [(converted, converted_fraction / documents_per_chain(synthesized_dir)),
            (raw, 1.0 - converted_fraction)]
-  if synthesizer_tuning and synthesizer_tuning_rate > 0:
-    rates.append((synthesizer_tuning, synthesizer_tuning_rate * sum(r for _, r in rates)))
+  if synthesizer_tuning_rate > 0:
+    qa_text = register_qa_text_task(f"{name}_qa_text", vocabulary, synthesizer_tuning_sources,
+                                    data_dir=tfds_data_dir, render_seed=render_seed)
+    rates.append((qa_text, synthesizer_tuning_rate * sum(r for _, r in rates)))
   registration.replace_mixture(name, rates)
   return name
 
