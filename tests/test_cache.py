@@ -21,6 +21,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from instruct_jax import cli
+from instruct_jax.benchmarks import input_pipeline
+from instruct_jax.cli import gin_setup
 from instruct_jax.data import cache
 from instruct_jax.data import mixture_inspection
 from instruct_jax.data import pipeline
@@ -162,6 +164,22 @@ def test_inspect_counts_from_the_cache(cache_dir):
       SMALL_SMOKE["train"], "cache", True)
   texts = {(e.inputs, e.targets) for e in smoke.generate_examples("smoke_reverse_word", "train")}
   assert (summary.samples[0]["inputs"], summary.samples[0]["targets"]) in texts
+
+
+@needs_beam
+def test_input_benchmark_times_uncached_and_cached(cache_dir):
+  gin.clear_config()
+  try:
+    gin_setup.parse_gin(["models/t5_1_1/tiny.gin"], [], [])
+    model = gin_setup.build_macro("MODEL", "a model gin")
+  finally:
+    gin.clear_config()
+  results = input_pipeline.benchmark_input_pipeline(
+      model, ["smoke_reverse_word"], 64, 16, batch_size=4, batches=2, cache_dir=cache_dir)
+  assert [(r.mixture, r.cached) for r in results["rates"]] == [
+      ("smoke_reverse_word", False), ("smoke_reverse_word", True)]
+  assert all(r.examples_per_second > 0 and r.tokens_per_second > 0 for r in results["rates"])
+  assert "  cached" in input_pipeline.format_table(results)
 
 
 def _numbered_task(name, vocabulary=BYTES):

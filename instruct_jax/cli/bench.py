@@ -8,6 +8,7 @@ import gin
 
 from instruct_jax.benchmarks import compile_time
 from instruct_jax.benchmarks import decode_speed
+from instruct_jax.benchmarks import input_pipeline
 from instruct_jax.benchmarks import report
 from instruct_jax.benchmarks import train_step
 from instruct_jax.cli import flags
@@ -45,6 +46,10 @@ def run(args) -> None:
     if not methods or set(methods) - set(flags.DECODE_METHODS):
       raise UsageError(f"BENCH_DECODE_METHODS={methods!r}; use a subset of {flags.DECODE_METHODS}.")
     results = gin.get_configurable(decode_speed.benchmark_decode)()
+  elif args.mode == "input":
+    results = gin.get_configurable(input_pipeline.benchmark_input_pipeline)()
+    print(input_pipeline.format_table(results), flush=True)
+    return
   elif args.mode == "compile":
     rows = gin.get_configurable(compile_time.benchmark_compile_time)()
     print(compile_time.format_table(rows), flush=True)

@@ -152,11 +152,14 @@ def sweep(parser: argparse.ArgumentParser) -> None:
 
 
 def bench(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument("--mode", choices=("train", "decode", "compile"), default="train",
+  parser.add_argument("--mode", choices=("train", "decode", "compile", "input"),
+                      default="train",
                       help="train: the train step; decode: greedy and beam-search decoding "
                            "with and without the KV cache; compile: a table of train-step "
                            "compile time vs depth (BENCH_COMPILE_SIZES) with and without "
-                           "layer scanning.")
+                           "layer scanning; input: examples/s and tokens/s of the input "
+                           "pipeline of BENCH_MIXTURES, uncached and cached (BENCH_CACHE_DIR), "
+                           "next to the train step's consumption.")
   for flag, name in BENCH_FLAG_MACROS.items():
     parser.add_argument(f"--{flag}", type=int, default=None,
                         help=f"Shortcut for --gin.{name}=N (runs/bench.gin).")

@@ -1,0 +1,42 @@
+"""`instruct-jax bench --mode=input`: input-pipeline rates next to the train step's consumption."""
+import gin
+import numpy as np
+
+from instruct_jax import cli
+from instruct_jax.benchmarks import input_pipeline
+from instruct_jax.benchmarks import train_step
+from instruct_jax.cli import gin_setup
+from instruct_jax.models import flops
+
+
+def test_bench_input_mode_prints_the_uncached_rate(capsys):
+  gin.clear_config()
+  try:
+    cli.run_command(["bench", "--mode=input", "--gin_file=models/t5_1_1/tiny.gin",
+                     "--gin.BENCH_MIXTURES=('smoke_reverse_word',)",
+                     "--gin.BENCH_PIPELINE_BATCHES=2", "--batch_size=4", "--input_length=64",
+                     "--target_length=16"], join_job=False)
+  finally:
+    gin.clear_config()
+  output = capsys.readouterr().out
+  assert "Train step consumption:" in output and "989 TFLOP/s at 50% MFU" in output
+  (row,) = [line for line in output.splitlines() if line.startswith("smoke_reverse_word")]
+  cache_state, examples_per_second, tokens_per_second, fill, multiple = row.split()[1:]
+  assert cache_state == "uncached"  # No BENCH_CACHE_DIR: no cached row.
+  assert float(examples_per_second.replace(",", "")) > 0
+  assert 0 < float(fill) <= 1
+
+
+def test_consumption_is_the_step_flops_at_the_assumed_rate():
+  gin.clear_config()
+  try:
+    gin_setup.parse_gin(["models/t5_1_1/base.gin"], [], [])
+    model = gin_setup.build_macro("MODEL", "a model gin")
+  finally:
+    gin.clear_config()
+  consumption = input_pipeline.train_step_consumption(model, 128, 512, 128, 1e15, 0.5)
+  assert consumption["tokens_per_step"] == 128 * (512 + 128)
+  step_flops = 128 * flops.training_flops(train_step.forward_flops_per_example(model, 512, 128))
+  np.testing.assert_allclose(consumption["seconds_per_step"], step_flops / 0.5e15)
+  np.testing.assert_allclose(consumption["tokens_per_second"],
+                             128 * 640 / consumption["seconds_per_step"])
