@@ -76,10 +76,11 @@ def test_quiet_train_shows_banner_progress_heldout_table_and_summary(finished_ru
   assert re.search(r"steps/s \| ETA 0:00:00$", progress[0])
 
   table = lines.index("| Task | Chance | Initial (step 0) | Trained (step 4) |")
-  rows = {line.split(" | ")[0].strip("| "): line for line in lines[table + 2:table + 6]}
-  assert set(rows) == {"smoke_reverse_choice_rank", "smoke_successor_choice_rank",
-                       "smoke_uppercase_choice_rank", "mean (3 tasks)"}
-  assert re.fullmatch(r"\| mean \(3 tasks\) \| 50\.0 \| [\d.]+ \| [\d.]+ \|", rows["mean (3 tasks)"])
+  rows = {line.split(" | ")[0].strip("| "): line for line in lines[table + 2:table + 7]}
+  assert set(rows) == {"smoke_repeat_choice_rank", "smoke_reverse_choice_rank",
+                       "smoke_successor_choice_rank", "smoke_uppercase_choice_rank",
+                       "mean (4 tasks)"}
+  assert re.fullmatch(r"\| mean \(4 tasks\) \| 50\.0 \| [\d.]+ \| [\d.]+ \|", rows["mean (4 tasks)"])
 
   summary = "\n".join(lines[lines.index(next(l for l in lines if l.startswith("Done:"))):])
   assert summary.startswith("Done: step 4 of 4 (4 steps this launch,")
