@@ -25,6 +25,7 @@ from instruct_jax.cli import flags
 from instruct_jax.cli import gin_setup
 from instruct_jax.data.ipt import synthesizer_format as fmt
 from instruct_jax.synthesis import corpus
+from instruct_jax.synthesis import progress
 from instruct_jax.synthesis import prompt_tokens
 from instruct_jax.synthesis import rounds
 
@@ -186,6 +187,18 @@ def test_prompt_markers_become_special_ids():
 
   assert prompt_tokens.encode_prompt(WithBos(), "<s> x</s>", decoder_only=True) == (
       [7] + byte_vocab.encode(" x") + [1])
+
+
+def test_progress_line_counts_documents_tokens_and_pairs():
+  stream = io.StringIO()
+  line = progress.Progress(10, period_seconds=0, stream=stream)
+  line.batch_decoded([rounds.Generation("<QUE> q <ANS> a </END>", 5),
+                      rounds.Generation("garbage", 3)])
+  line.shard_done({"skipped": 1})
+  printed = stream.getvalue().splitlines()[-1]
+  assert printed.startswith("synthesize: 3/10 docs (30%)")
+  assert "docs/s" in printed and "gen tokens/s" in printed and "ETA" in printed
+  assert "0.33 pairs/doc" in printed
 
 
 def test_flag_choices_mirror_the_library():

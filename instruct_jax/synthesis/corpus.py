@@ -109,13 +109,18 @@ def _record_starts(path: str, fmt: str) -> Iterator[tuple[int, int]]:
       offset += len(raw)
 
 
-def _tfds_builder(spec: CorpusSpec):
+def _tfds_split_size(spec: CorpusSpec) -> int:
+  """Examples in the TFDS split (its recorded size, or counted when none is recorded)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
-    return tfds.builder(spec.inputs[0], data_dir=spec.tfds_data_dir)
+    dataset = tfds.load(spec.inputs[0], split=spec.tfds_split, data_dir=spec.tfds_data_dir,
+                        shuffle_files=False)
   except Exception as e:  # pylint: disable=broad-except  # tfds raises many kinds.
-    raise UsageError(f"Cannot open TFDS dataset {spec.inputs[0]!r} ({e}). Prepare it with "
-                     "`tfds build` or pass --tfds_data_dir.") from e
+    raise UsageError(f"Cannot read split {spec.tfds_split!r} of TFDS dataset "
+                     f"{spec.inputs[0]!r} ({e}). Prepare it with `tfds build`, or check "
+                     "--tfds_split and --tfds_data_dir.") from e
+  size = int(dataset.cardinality())
+  return size if size >= 0 else sum(1 for _ in dataset)
 
 
 def plan_shards(spec: CorpusSpec, documents_per_shard: int) -> list[Shard]:
@@ -132,11 +137,7 @@ def plan_shards(spec: CorpusSpec, documents_per_shard: int) -> list[Shard]:
 
   for path, fmt in resolve_files(spec):
     if fmt == TFDS:
-      splits = _tfds_builder(spec).info.splits
-      if spec.tfds_split not in splits:
-        raise UsageError(f"TFDS dataset {path!r} has no split {spec.tfds_split!r}; its "
-                         f"splits are {sorted(splits)} (--tfds_split).")
-      total = splits[spec.tfds_split].num_examples
+      total = _tfds_split_size(spec)
       for start in range(0, total, documents_per_shard):
         add(path, fmt, min(documents_per_shard, total - start))
       continue

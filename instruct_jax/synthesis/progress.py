@@ -3,7 +3,8 @@
     synthesize: 1,200/20,000 docs (6%) | 3.1 docs/s | 1,240 gen tokens/s | 4.2 pairs/doc | ETA 1:41:05
 
 A line at most every `period_seconds` (and one per finished shard when the
-period is 0), so a long job's log stays readable; rates count this launch only.
+period is 0), so a long job's log stays readable; rates count this launch only,
+documents as their batches are decoded.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import datetime
 import sys
 import time
 from typing import Mapping, Optional, Sequence, TextIO
+
+from instruct_jax.data.ipt import synthesizer_format as fmt
 
 
 def _duration(seconds: float) -> str:
@@ -31,12 +34,15 @@ class Progress:
     self.documents = self.tokens = self.pairs = 0
 
   def batch_decoded(self, generations: Sequence) -> None:
+    """One decoded batch: a document and its pairs per generation."""
+    self.documents += len(generations)
     self.tokens += sum(g.num_tokens for g in generations)
+    self.pairs += sum(len(fmt.parse_pairs(g.text).pairs) for g in generations)
     self.maybe_print()
 
   def shard_done(self, counts: Mapping[str, int]) -> None:
-    self.documents += counts.get("documents", 0) + counts.get("skipped", 0)
-    self.pairs += counts.get("pairs", 0)
+    """A finished shard: its skipped records count as done too."""
+    self.documents += counts.get("skipped", 0)
     self.maybe_print(force=self.period == 0)
 
   @property
