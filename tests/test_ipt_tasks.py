@@ -203,3 +203,33 @@ def test_tune_synthesizer_gin_trains_pairs_only(tmp_path):
   finally:
     gin.clear_config()
     registration.remove_with_prefix("ipt_synthesizer")
+
+
+def test_encoder_decoder_synthesizer_examples():
+  with tfds.testing.mock_data(num_examples=3):
+    synthesizer_tuning.register_synthesizer_tuning_tasks(
+        BYTES, {"inputs": 512, "targets": 256}, sources=["squad"],
+        architecture="encoder_decoder", prefix="ipt_test_ed", mixture="ipt_test_ed_mix")
+    try:
+      examples = list(seqio.get_mixture_or_task("ipt_test_ed_squad").get_dataset(
+          {"inputs": 512, "targets": 256}, shuffle=False).as_numpy_iterator())
+    finally:
+      registration.remove_with_prefix("ipt_test_ed")
+  assert len(examples) == 3
+  for example in examples:
+    inputs = BYTES.decode(example["inputs"].tolist())
+    targets = BYTES.decode(example["targets"].tolist())
+    assert CONTEXT.fullmatch(inputs), inputs
+    assert targets.endswith("</END></s>") and fmt.parse_pairs(targets).pairs
+
+
+def test_tuning_dataset_position_can_be_checkpointed(mock_sequences, tmp_path):
+  """The trainer saves the tf.data iterator; Python generators could not be saved."""
+  del mock_sequences
+  with tfds.testing.mock_data(num_examples=6):
+    ds = seqio.get_mixture_or_task("ipt_test_synth_coqa").get_dataset(
+        {"targets": SEQUENCE_LENGTH}, split="train", shuffle=False)
+    iterator = iter(ds)
+    first = next(iterator)
+    tf.train.Checkpoint(data=iterator).save(str(tmp_path / "position"))
+  assert first["targets"].shape[0] == first["targets_roles"].shape[0] > 0

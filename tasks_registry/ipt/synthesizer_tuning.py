@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from absl import logging
+import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -48,6 +49,21 @@ def load_examples(source: qa_datasets.QASource, split: str, max_contexts: int | 
                  shuffle_files=False)
   items = (item for row in tfds.as_numpy(ds) for item in source.items(row))
   return tuning_examples.group_by_context(items, max_contexts)
+
+
+def _token_dataset(sequences: Sequence[Mapping[str, np.ndarray]],
+                   keys: Sequence[str]) -> tf.data.Dataset:
+  """Variable-length int32 rows as a dataset of slices of one flat tensor per key.
+
+  Not from_generator: its Python state cannot be checkpointed with the
+  trainer's tf.data iterator.
+  """
+  ends = np.cumsum([len(s[keys[0]]) for s in sequences], dtype=np.int64)
+  starts = ends - np.asarray([len(s[keys[0]]) for s in sequences], np.int64)
+  flat = {k: tf.constant(np.concatenate([s[k] for s in sequences]) if sequences
+                         else np.zeros([0], np.int32), tf.int32) for k in keys}
+  return tf.data.Dataset.from_tensor_slices((starts, ends)).map(
+      lambda start, end: {k: v[start:end] for k, v in flat.items()})
 
 
 class _TuningData:
@@ -83,9 +99,7 @@ class _TuningData:
     if self.architecture == prompts.ENCODER_DECODER:
       return tf.data.Dataset.from_tensor_slices(
           {k: tf.constant([e[k] for e in built], tf.string) for k in ("inputs", "targets")})
-    signature = {k: tf.TensorSpec([None], tf.int32)
-                 for k in ("targets", pair_loss.ROLES)}
-    return tf.data.Dataset.from_generator(lambda: iter(built), output_signature=signature)
+    return _token_dataset(built, ("targets", pair_loss.ROLES))
 
 
 def _features(vocabulary: seqio.Vocabulary, architecture: str) -> dict[str, seqio.Feature]:
