@@ -118,17 +118,18 @@ def _all_cached(cfg: pipeline.DatasetConfig) -> bool:
 def format_table(results: Mapping[str, Any]) -> str:
   """Rates next to the train step's consumption and the 5x goal."""
   need = results["consumption"]["tokens_per_second"]
+  width = max([len(r.mixture) for r in results["rates"]] + [len("mixture")])
   lines = [
       f"Train step consumption: {need:,.0f} token positions/s per accelerator "
       f"({results['consumption']['tokens_per_step']:,} per step in "
       f"{results['consumption']['seconds_per_step'] * 1e3:.0f} ms, assuming "
       f"{results['peak_flops'] / 1e12:.0f} TFLOP/s at {results['mfu']:.0%} MFU); goal 5x.",
       "",
-      f"{'mixture':<40}  {'cache':>8}  {'examples/s':>11}  {'tokens/s':>11}  {'fill':>5}  "
+      f"{'mixture':<{width}}  {'cache':>8}  {'examples/s':>11}  {'tokens/s':>11}  {'fill':>5}  "
       f"{'x step':>7}",
   ]
   for r in results["rates"]:
-    lines.append(f"{r.mixture:<40}  {'cached' if r.cached else 'uncached':>8}  "
+    lines.append(f"{r.mixture:<{width}}  {'cached' if r.cached else 'uncached':>8}  "
                  f"{r.examples_per_second:>11,.0f}  {r.tokens_per_second:>11,.0f}  "
                  f"{r.fill:>5.2f}  {r.tokens_per_second / need:>7.2f}")
   return "\n".join(lines)
