@@ -1,4 +1,5 @@
 """Synthesizer-tuning tasks: TFDS QA datasets -> concatenated examples, loss on pairs only."""
+import functools
 import re
 
 import gin
@@ -22,8 +23,9 @@ from tasks_registry.ipt import synthesizer_tuning
 BYTES = seqio.ByteVocabulary()
 SEQUENCE_LENGTH = 1024
 MAX_CONTEXTS = 3
-# One serialised context: `<s> <CON> ... </CON>` and its blank line (mock text has no markers).
-CONTEXT = re.compile(r"<s> <CON> .*? </CON>\n\n", re.S)
+# One serialised context as byte ids spell it: no BOS id, so `<s>` is left out.
+CONTEXT = re.compile(r" <CON> .*? </CON>\n\n", re.S)
+ENCODE = functools.partial(synthesizer_tuning.marker_ids, BYTES)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +46,30 @@ def mock_sequences():
   registration.remove_with_prefix("ipt_test_synth")
 
 
-def expected_weights(text: str) -> np.ndarray:
-  weights = np.ones(len(text), np.int32)
-  for match in CONTEXT.finditer(text):
-    weights[match.start():match.end()] = 0
-  return weights
+def marker_text(ids) -> str:
+  """Byte ids back to serialised text; the EOS id is `</s>` (seqio's decode stops at it)."""
+  pieces, current = [], []
+  for i in list(ids) + [None]:
+    if i in (BYTES.eos_id, None):
+      pieces.append(BYTES.decode(current))
+      current = []
+    elif i != 0:
+      current.append(int(i))
+  return fmt.EOS.join(pieces)
+
+
+def expected_roles(ids) -> np.ndarray:
+  """Context from each example's start through ` </CON>` and the blank line, then pairs."""
+  roles, text, in_context = [], "", True
+  for i in ids:
+    roles.append(pair_loss.ROLE_CONTEXT if in_context else pair_loss.ROLE_PAIR)
+    if i == BYTES.eos_id:
+      text, in_context = "", True
+      continue
+    text += BYTES.decode([int(i)])
+    if in_context and text.endswith(" </CON>\n\n"):
+      in_context = False
+  return np.asarray(roles, np.int32)
 
 
 def test_sources_render_in_the_format_with_loss_on_pairs_only(mock_sequences):
@@ -63,16 +84,16 @@ def test_sources_render_in_the_format_with_loss_on_pairs_only(mock_sequences):
     for sequence in sequences:
       tokens = sequence["targets"]
       assert len(tokens) <= SEQUENCE_LENGTH
-      text = BYTES.decode(tokens.tolist())
-      assert len(text) == len(tokens)  # mock text is ASCII: one token per character
-      assert text.startswith("<s> <CON> ") and text.endswith("</END></s>")
+      assert tokens[-1] == BYTES.eos_id and 0 not in tokens
+      text = marker_text(tokens)
+      assert text.startswith(" <CON> ") and text.endswith("</END></s>")
       examples = text.split("</s>")[:-1]
       for example in examples:
         context, _, pairs = example.partition(" </CON>\n\n")
         parsed = fmt.parse_pairs(pairs)
         assert parsed.pairs and parsed.malformed == 0 and not parsed.incomplete_tail, name
       contexts += len(examples)
-      np.testing.assert_array_equal(sequence["targets_roles"], expected_weights(text) + 1)
+      np.testing.assert_array_equal(sequence["targets_roles"], expected_roles(tokens))
     assert 1 <= contexts <= MAX_CONTEXTS, (name, contexts)
 
 
@@ -113,17 +134,20 @@ def test_grouping_keeps_the_contexts_with_most_pairs():
 def test_long_examples_drop_pairs_and_sequences_pack_back_to_back():
   example = tuning_examples.TuningExample("ctx", [fmt.QAPair(f"q{i}", "a" * 20)
                                                   for i in range(5)])
-  tokenized = tuning_examples.tokenize_example(example, BYTES, max_length=120)
-  assert len(tokenized.tokens) == 112 and tokenized.context_length == 22
-  assert BYTES.decode(tokenized.tokens).count("<QUE>") == 2
-  assert tuning_examples.tokenize_example(example, BYTES, max_length=20) is None
+  two_pairs = len(ENCODE(fmt.serialize_example("ctx", example.pairs[:2])))
+  tokenized = tuning_examples.tokenize_example(example, ENCODE, max_length=two_pairs + 10)
+  assert len(tokenized.tokens) == two_pairs
+  assert tokenized.context_length == len(ENCODE(fmt.serialize_context("ctx")))
+  assert marker_text(tokenized.tokens).count("<QUE>") == 2
+  assert tuning_examples.tokenize_example(example, ENCODE, max_length=20) is None
   short = tuning_examples.TuningExample("c", [fmt.QAPair("q", "a")])
-  sequences, dropped = tuning_examples.tuning_sequences([short] * 5 + [example], BYTES, 100)
-  one = len(BYTES.encode(fmt.serialize_example("c", short.pairs)))
+  sequences, dropped = tuning_examples.tuning_sequences([short] * 5 + [example], ENCODE, 100)
+  one = len(ENCODE(fmt.serialize_example("c", short.pairs)))
   assert dropped == 0
   assert [len(s["targets"]) for s in sequences][:1] == [one * (100 // one)]
-  assert BYTES.decode(sequences[0]["targets"].tolist()) == (
-      fmt.serialize_example("c", short.pairs) * (100 // one))
+  assert marker_text(sequences[0]["targets"]) == (
+      fmt.serialize_example("c", short.pairs).removeprefix("<s>") * (100 // one)).replace(
+          "</s><s>", "</s>")
 
 
 def tiny_pair_loss_model():
@@ -149,8 +173,8 @@ def test_gradients_do_not_depend_on_context_targets(mock_sequences):
   context = (weights == 0) & (targets > 0)
   assert context.any() and (weights > 0).any()
   # The converter's weights are the task's: zero exactly on the serialised contexts.
-  row = BYTES.decode([int(t) for t in targets[0] if t > 0])
-  np.testing.assert_array_equal(np.asarray(weights[0][:len(row)]), expected_weights(row))
+  np.testing.assert_array_equal(np.asarray(weights[0]),
+                                expected_roles(np.asarray(targets[0])) - 1)
   shapes = {k: v.shape for k, v in batch.items()}
   params = jax.jit(lambda rng: model.init_params(rng, shapes))(jax.random.PRNGKey(0))
   params = jax.tree_util.tree_map(lambda p: getattr(p, "value", p), params,
@@ -217,8 +241,8 @@ def test_encoder_decoder_synthesizer_examples():
       registration.remove_with_prefix("ipt_test_ed")
   assert len(examples) == 3
   for example in examples:
-    inputs = BYTES.decode(example["inputs"].tolist())
-    targets = BYTES.decode(example["targets"].tolist())
+    inputs = marker_text(example["inputs"])
+    targets = marker_text(example["targets"])
     assert CONTEXT.fullmatch(inputs), inputs
     assert targets.endswith("</END></s>") and fmt.parse_pairs(targets).pairs
 

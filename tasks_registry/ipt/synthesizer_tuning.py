@@ -10,17 +10,20 @@ gin_configs/experiments/ipt/tune_synthesizer.gin), since the examples are
 tokenized and concatenated with the model's vocabulary up to its sequence
 length when a dataset is first built:
 
-  decoder_only     "targets": several examples of one dataset back to back, and
+  decoder_only     "targets": several examples of one dataset back to back (`<s>` /
+                   `</s>` as BOS / EOS ids, as `instruct-jax synthesize` prompts), and
                    "targets_roles": context / pair per token. Train with
                    instruct_jax.data.ipt.pair_loss.PairLossDecoderOnlyModel, whose
                    feature converter gives loss weight 1 to pair tokens only.
-  encoder_decoder  "inputs": one serialised context, "targets": its pairs and `</s>`.
+  encoder_decoder  "inputs": one serialised context, "targets": its pairs and `</s>`
+                   (the EOS id), tokenized the same way.
 
 Each dataset contributes at most `max_contexts` contexts (those with the most
 pairs). Mixing rates are equal per dataset unless `rates` says otherwise.
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 from absl import logging
@@ -35,6 +38,7 @@ from instruct_jax.data.ipt import qa_datasets
 from instruct_jax.data.ipt import synthesizer_format as fmt
 from instruct_jax.data.ipt import tuning_examples
 from instruct_jax.errors import UsageError
+from instruct_jax.synthesis import prompt_tokens
 from tasks_registry import registration
 
 PREFIX = "ipt_synthesizer"
@@ -51,19 +55,31 @@ def load_examples(source: qa_datasets.QASource, split: str, max_contexts: int | 
   return tuning_examples.group_by_context(items, max_contexts)
 
 
-def _token_dataset(sequences: Sequence[Mapping[str, np.ndarray]],
+def marker_ids(vocabulary: seqio.Vocabulary, text: str) -> list[int]:
+  """Ids of serialised synthesizer text as the synthesis prompts get them.
+
+  `<s>` / `</s>` become the vocabulary's BOS / EOS ids (no BOS id: nothing, as
+  for an encoder input: id 0 is padding inside a training sequence).
+  """
+  return prompt_tokens.encode_prompt(vocabulary, text, decoder_only=False)
+
+
+def _token_dataset(rows: Sequence[Mapping[str, np.ndarray]],
                    keys: Sequence[str]) -> tf.data.Dataset:
   """Variable-length int32 rows as a dataset of slices of one flat tensor per key.
 
   Not from_generator: its Python state cannot be checkpointed with the
   trainer's tf.data iterator.
   """
-  ends = np.cumsum([len(s[keys[0]]) for s in sequences], dtype=np.int64)
-  starts = ends - np.asarray([len(s[keys[0]]) for s in sequences], np.int64)
-  flat = {k: tf.constant(np.concatenate([s[k] for s in sequences]) if sequences
-                         else np.zeros([0], np.int32), tf.int32) for k in keys}
-  return tf.data.Dataset.from_tensor_slices((starts, ends)).map(
-      lambda start, end: {k: v[start:end] for k, v in flat.items()})
+  bounds, flat = {}, {}
+  for key in keys:
+    lengths = np.asarray([len(r[key]) for r in rows], np.int64)
+    ends = np.cumsum(lengths)
+    bounds[key] = (ends - lengths, ends)
+    flat[key] = tf.constant(np.concatenate([r[key] for r in rows]) if rows
+                            else np.zeros([0], np.int32), tf.int32)
+  return tf.data.Dataset.from_tensor_slices(bounds).map(
+      lambda b: {k: flat[k][b[k][0]:b[k][1]] for k in keys})
 
 
 class _TuningData:
@@ -81,11 +97,13 @@ class _TuningData:
 
   def _build(self, split: str) -> list:
     examples = load_examples(self.source, split, self.max_contexts, self.data_dir)
+    encode = functools.partial(marker_ids, self.vocabulary)
     if self.architecture == prompts.ENCODER_DECODER:
-      return [{"inputs": fmt.serialize_context(e.text),
-               "targets": fmt.serialize_pairs(e.pairs) + fmt.EOS} for e in examples]
-    sequences, dropped = tuning_examples.tuning_sequences(examples, self.vocabulary,
-                                                          self.sequence_length)
+      return [{"inputs": np.asarray(encode(fmt.serialize_context(e.text)), np.int32),
+               "targets": np.asarray(encode(fmt.serialize_pairs(e.pairs) + fmt.EOS), np.int32)}
+              for e in examples]
+    sequences, dropped = tuning_examples.tuning_sequences(
+        examples, encode, self.sequence_length)
     logging.info("%s %s: %d contexts -> %d sequences of <= %d tokens (%d contexts too long)",
                  self.source.name, split, len(examples), len(sequences),
                  self.sequence_length, dropped)
@@ -97,8 +115,7 @@ class _TuningData:
       self._built[split] = self._build(split)
     built = self._built[split]
     if self.architecture == prompts.ENCODER_DECODER:
-      return tf.data.Dataset.from_tensor_slices(
-          {k: tf.constant([e[k] for e in built], tf.string) for k in ("inputs", "targets")})
+      return _token_dataset(built, ("inputs", "targets"))
     return _token_dataset(built, ("targets", pair_loss.ROLES))
 
 
@@ -152,8 +169,7 @@ def register_synthesizer_tuning_tasks(
             _TuningData(name, vocabulary, sequence_length, max_contexts, data_dir,
                         architecture),
             splits=["train", "validation"]),
-        preprocessors=([seqio.preprocessors.tokenize] if architecture ==
-                       prompts.ENCODER_DECODER else []),
+        preprocessors=[],
         output_features=features)
     tasks.append((task, float((rates or {}).get(name, 1.0))))
   registration.replace_mixture(mixture, [(t, r) for t, r in tasks if r > 0])

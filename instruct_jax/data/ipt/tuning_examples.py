@@ -7,21 +7,24 @@ concatenates several examples of the same dataset back to back, few-shot style,
 up to the sequence length, with a role per token (pair_loss): context for each
 `<s> <CON> ... </CON>` and its blank line (no loss), pair for its pairs and `</s>`. Each
 example is tokenized on its own, as seqio tokenizes examples, so its tokens do
-not depend on its neighbours.
+not depend on its neighbours. `encode` turns a serialised string into ids; give
+it the same marker handling as the synthesis prompts (the registry uses
+instruct_jax.synthesis.prompt_tokens: `<s>` / `</s>` as the BOS / EOS ids), so
+the tuned synthesizer sees at synthesis time exactly the tokens it was tuned on.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import seqio
 
 from instruct_jax.data.ipt import pair_loss
 from instruct_jax.data.ipt import synthesizer_format as fmt
 
 DEFAULT_MAX_CONTEXTS = 10_000
+Encoder = Callable[[str], Sequence[int]]
 
 
 @dataclasses.dataclass
@@ -54,13 +57,13 @@ def group_by_context(items: Iterable[tuple[str, fmt.QAPair]],
   return examples
 
 
-def tokenize_example(example: TuningExample, vocabulary: seqio.Vocabulary,
+def tokenize_example(example: TuningExample, encode: Encoder,
                      max_length: int) -> TokenizedExample | None:
   """The example's tokens, dropping pairs from the end to fit; None when no pair fits."""
-  context_tokens = vocabulary.encode(fmt.serialize_context(example.text))
+  context_tokens = encode(fmt.serialize_context(example.text))
   pairs = list(example.pairs)
   while pairs:
-    tokens = vocabulary.encode(fmt.serialize_example(example.text, pairs))
+    tokens = encode(fmt.serialize_example(example.text, pairs))
     if len(tokens) <= max_length:
       # The context's tokens are a prefix of the example's up to the tokenizer's
       # merges across the blank line; clamp so a merge never weights context text.
@@ -99,9 +102,9 @@ def pack_examples(examples: Iterable[TokenizedExample], sequence_length: int
     yield flush()
 
 
-def tuning_sequences(examples: Sequence[TuningExample], vocabulary: seqio.Vocabulary,
+def tuning_sequences(examples: Sequence[TuningExample], encode: Encoder,
                      sequence_length: int) -> tuple[list[dict[str, np.ndarray]], int]:
   """(packed sequences, number of examples dropped because no pair fits)."""
-  tokenized = [tokenize_example(e, vocabulary, sequence_length) for e in examples]
+  tokenized = [tokenize_example(e, encode, sequence_length) for e in examples]
   kept = [t for t in tokenized if t is not None]
   return list(pack_examples(kept, sequence_length)), len(tokenized) - len(kept)
