@@ -12,9 +12,9 @@ import tensorflow_datasets as tfds
 
 from instruct_jax.cli import gin_setup
 from instruct_jax.data.ipt import connective_mining
-from instruct_jax.data.ipt import corpus_files
 from instruct_jax.data.ipt import qa_datasets
 from instruct_jax.data.ipt import rendering
+from instruct_jax.data.ipt import synthesized_shards
 from instruct_jax.data.ipt import synthesizer_format as fmt
 from instruct_jax.errors import UsageError
 from tasks_registry import registration
@@ -155,16 +155,16 @@ def write_chains(directory, num_chains: int, links_per_chain: int, tag: str):
 
 def test_chains_are_read_in_round_order_and_bad_lines_are_named(tmp_path):
   write_chains(tmp_path / "s", 3, 2, "DOC")
-  chains = corpus_files.read_chains(str(tmp_path / "s"))
+  chains = synthesized_shards.read_chains(str(tmp_path / "s"))
   assert [c.chain_id for c in chains] == ["c0", "c1", "c2"]
   assert [t for t, _ in chains[1].links] == ["DOC chain 1 round 1.", "DOC chain 1 round 2."]
   assert chains[1].links[1][1] == [QA("Q1.2?", "A1.2")]
   with open(tmp_path / "s" / "round3.jsonl", "w") as f:
     f.write("{\"text\": \"x\", \"chain_id\": 1}\nnot json\n")
   with pytest.raises(UsageError, match=r"round3.jsonl:2"):
-    corpus_files.read_chains(str(tmp_path / "s"))
+    synthesized_shards.read_chains(str(tmp_path / "s"))
   with pytest.raises(UsageError, match="No synthesized shards"):
-    corpus_files.read_chains(str(tmp_path / "empty"))
+    synthesized_shards.read_chains(str(tmp_path / "empty"))
 
 
 def test_mined_shards_feed_the_converted_task(tmp_path):

@@ -42,17 +42,19 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from instruct_jax.data.ipt import corpus_files
+from instruct_jax.data.ipt import synthesized_shards
 from instruct_jax.data.ipt import prompts
 from instruct_jax.data.ipt import qa_datasets
 from instruct_jax.data.ipt import rendering
 from instruct_jax.data.ipt import tuning_examples
 from instruct_jax.errors import UsageError
+from instruct_jax.synthesis import corpus
 from tasks_registry import registration
 from tasks_registry.ipt import synthesizer_tuning
 
 DEFAULT_CONVERTED_FRACTION = 0.2
 DEFAULT_TOKEN_SAMPLE_SIZE = 2000
+RAW_DOCUMENTS_PER_READ = 100_000
 TRAIN = "train"
 
 
@@ -71,9 +73,9 @@ def _only_train(split: str) -> None:
     raise UsageError(f"IPT pre-training tasks have only a {TRAIN!r} split, not {split!r}.")
 
 
-@functools.lru_cache(maxsize=16)
-def _chains(directory: str) -> tuple[corpus_files.Chain, ...]:
-  return tuple(corpus_files.read_chains(directory))
+@functools.lru_cache(maxsize=16)  # read once per process: rates and data agree
+def _chains(directory: str) -> tuple[synthesized_shards.Chain, ...]:
+  return tuple(synthesized_shards.read_chains(directory))
 
 
 def rendered_examples(directory: str, architecture: str = prompts.DECODER_ONLY,
@@ -106,10 +108,24 @@ def _converted_dataset_fn(split: str, shuffle_files: bool, seed: int | None = No
                         shuffle_files, seed)
 
 
+def raw_documents(paths: Sequence[str], text_field: str = "text") -> list[str]:
+  """The documents of a raw corpus, read as `instruct-jax synthesize` reads its input.
+
+  JSON lines (`text_field`), or text files with blank-line-separated documents;
+  records that are not usable documents (bad JSON, empty, ...) are skipped.
+  """
+  spec = corpus.CorpusSpec(tuple(paths), text_field=text_field)
+  try:
+    shards = corpus.plan_shards(spec, RAW_DOCUMENTS_PER_READ)
+  except UsageError as error:
+    raise UsageError(f"Raw text paths {list(paths)}: {error}") from error
+  return [r.text for shard in shards for r in corpus.read_shard(shard, spec) if r.text]
+
+
 def _raw_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *,
                     paths: tuple[str, ...], text_field: str):
   _only_train(split)
-  documents = [{"targets": d} for d in corpus_files.read_documents(paths, text_field)]
+  documents = [{"targets": d} for d in raw_documents(paths, text_field)]
   return _from_examples(documents, shuffle_files, seed)
 
 

@@ -1,14 +1,12 @@
-"""Reading IPT data files: synthesized shards (chains of (text, pairs)) and raw text corpora.
+"""Reading synthesized shards as chains of (text, pairs).
 
 Synthesized shards are what `instruct-jax synthesize` (and
 connective_mining.write_mined_shards) write: JSON lines with `text`, `pairs`
 (a list of {"question", "answer"}), `round`, `chain_id` and `doc_id`, in files
 `*.jsonl` under one directory. A chain is the records sharing a chain id,
 ordered by round. Reading groups the whole directory in memory; split a very
-large corpus over several directories (one task each).
-
-Raw corpora are JSON lines with a text field, or plain text files with one
-document per blank-line-separated block. Paths may be local or gs:// (tf.io.gfile).
+large corpus over several directories (one task each). Paths may be local or
+gs:// (tf.io.gfile).
 """
 from __future__ import annotations
 
@@ -16,8 +14,6 @@ import collections
 import dataclasses
 import json
 import os
-import re
-from typing import Iterator, Sequence
 
 import tensorflow as tf
 
@@ -69,42 +65,3 @@ def read_chains(directory: str) -> list[Chain]:
           rounds[chain_id].append((round_, text, pairs))
   return [Chain(chain_id, [(text, pairs) for _, text, pairs in sorted(links, key=lambda l: l[0])])
           for chain_id, links in rounds.items()]
-
-
-def _json_documents(path: str, text_field: str) -> Iterator[str]:
-  with tf.io.gfile.GFile(path, "r") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        text = json.loads(line)[text_field]
-      except (ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"{path}:{number}: no {text_field!r} field in a JSON object "
-                         f"({error}); set the text field name or fix the line.") from error
-      if str(text).strip():
-        yield str(text)
-
-
-def _plain_documents(path: str) -> Iterator[str]:
-  with tf.io.gfile.GFile(path, "r") as f:
-    content = f.read()
-  for block in re.split(r"\n[ \t]*\n", content):
-    if block.strip():
-      yield block.strip()
-
-
-def read_documents(paths: Sequence[str], text_field: str = "text") -> Iterator[str]:
-  """Documents of raw corpus files (globs allowed): `.jsonl`/`.json` by field, else text blocks."""
-  if isinstance(paths, str):
-    paths = [paths]
-  files = []
-  for pattern in paths:
-    matched = sorted(tf.io.gfile.glob(pattern))
-    if not matched:
-      raise UsageError(f"No raw text files match {pattern!r}; check the path.")
-    files += matched
-  for path in files:
-    if path.endswith((".jsonl", ".json")):
-      yield from _json_documents(path, text_field)
-    else:
-      yield from _plain_documents(path)
