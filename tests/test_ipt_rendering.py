@@ -292,3 +292,11 @@ def test_synthesizer_tuning_data_mixes_in_as_rendered_text(tmp_path):
     assert example.text in text
     for pair in example.pairs:
       assert_pair_rendered(pair, text)
+
+
+def test_unset_data_paths_name_the_macro(clean_gin):
+  del clean_gin
+  gin_setup.parse_gin(["models/llama/tiny.gin", "experiments/ipt/pretrain_from_scratch.gin"],
+                      ["MODEL_DIR = '/tmp/ipt_gin_test'"])
+  with pytest.raises(UsageError, match="--gin.SYNTHESIZED_DIR="):
+    gin.query_parameter("%MIXTURE_OR_TASK_NAME").scoped_configurable_fn()

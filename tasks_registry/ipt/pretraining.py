@@ -161,6 +161,14 @@ def _qa_text_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None
   return _from_examples(texts, shuffle_files, seed)
 
 
+def _required(value, argument: str, macro: str):
+  """The experiment gins leave their data paths None; a run must set them."""
+  if value is None or value == "" or value == []:
+    raise UsageError(f"{argument} is not set: pass the path, e.g. --gin.{macro}=... "
+                     "(see gin_configs/experiments/ipt/).")
+  return value
+
+
 def _register(name: str, dataset_fn, features: Mapping[str, seqio.Feature]) -> str:
   registration.replace_task(
       name, source=seqio.FunctionDataSource(dataset_fn, splits=[TRAIN]),
@@ -217,7 +225,7 @@ def documents_per_chain(synthesized_dir: str) -> float:
 
 
 def register_pretrain_from_scratch_mixture(
-    name: str, synthesized_dir: str, raw_text_paths: Sequence[str],
+    name: str, synthesized_dir: str | None, raw_text_paths: Sequence[str] | None,
     vocabulary: seqio.Vocabulary, converted_fraction: float = DEFAULT_CONVERTED_FRACTION,
     text_field: str = "text", synthesizer_tuning_rate: float = 0.0,
     synthesizer_tuning_sources: Sequence[str] | None = None,
@@ -229,6 +237,8 @@ def register_pretrain_from_scratch_mixture(
   text, `register_qa_text_task`) is mixed in at that many times the total rate
   of the other two.
   """
+  _required(synthesized_dir, "synthesized_dir", "SYNTHESIZED_DIR")
+  _required(raw_text_paths, "raw_text_paths", "RAW_TEXT_PATHS")
   if not 0.0 < converted_fraction < 1.0:
     raise UsageError(f"converted_fraction must be in (0, 1), got {converted_fraction}; use "
                      "the converted task alone for 1 and the raw task alone for 0.")
@@ -257,7 +267,7 @@ def mean_tokens_per_example(task_name: str, sample_size: int = DEFAULT_TOKEN_SAM
 
 
 def register_continual_pretrain_mixture(
-    name: str, synthesized_dir: str, instruction_source: str,
+    name: str, synthesized_dir: str | None, instruction_source: str | None,
     vocabulary: seqio.Vocabulary, instruction_token_share: float = 0.5,
     token_sample_size: int = DEFAULT_TOKEN_SAMPLE_SIZE, render_seed: int = 0) -> str:
   """Mixture `name`: converted domain text + general instruction text, mixed by tokens.
@@ -265,6 +275,8 @@ def register_continual_pretrain_mixture(
   `instruction_source` is a seqio task/mixture with text inputs/targets (e.g. a
   FLAN mixture); `instruction_token_share` is its share of tokens (0.5 = 1:1).
   """
+  _required(synthesized_dir, "synthesized_dir", "SYNTHESIZED_DIR")
+  _required(instruction_source, "instruction_source", "INSTRUCTION_MIXTURE")
   if not 0.0 < instruction_token_share < 1.0:
     raise UsageError(f"instruction_token_share must be in (0, 1), got "
                      f"{instruction_token_share}.")
