@@ -42,10 +42,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from instruct_jax.data.ipt import synthesized_shards
 from instruct_jax.data.ipt import prompts
 from instruct_jax.data.ipt import qa_datasets
 from instruct_jax.data.ipt import rendering
+from instruct_jax.data.ipt import synthesized_shards
 from instruct_jax.data.ipt import tuning_examples
 from instruct_jax.errors import UsageError
 from instruct_jax.synthesis import corpus
@@ -114,11 +114,12 @@ def raw_documents(paths: Sequence[str], text_field: str = "text") -> list[str]:
   JSON lines (`text_field`), or text files with blank-line-separated documents;
   records that are not usable documents (bad JSON, empty, ...) are skipped.
   """
+  paths = [paths] if isinstance(paths, str) else list(paths)
   spec = corpus.CorpusSpec(tuple(paths), text_field=text_field)
   try:
     shards = corpus.plan_shards(spec, RAW_DOCUMENTS_PER_READ)
   except UsageError as error:
-    raise UsageError(f"Raw text paths {list(paths)}: {error}") from error
+    raise UsageError(f"Raw text paths {paths}: {error}") from error
   return [r.text for shard in shards for r in corpus.read_shard(shard, spec) if r.text]
 
 
