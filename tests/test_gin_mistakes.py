@@ -249,6 +249,8 @@ def test_every_shipped_gin_passes_the_macro_checks(gin_file):
   gin_setup.parse_gin(files, _REQUIRED)
 
 
-@pytest.mark.parametrize("model_gin", [f for f in _SHIPPED if f.startswith("models/")])
+# models/llama/base.gin is the part every Llama size includes; the sizes set its VOCABULARY.
+@pytest.mark.parametrize("model_gin", [f for f in _SHIPPED if f.startswith("models/")
+                                       and f != "models/llama/base.gin"])
 def test_every_model_gin_passes_the_macro_checks(model_gin):
   gin_setup.parse_gin([model_gin, "runs/pretrain.gin"], _REQUIRED)
