@@ -5,9 +5,10 @@ and `</s>`; a Hugging Face tokenizer (the released Mistral synthesizer's) reads
 them as its BOS / EOS tokens, while seqio's SentencePiece and byte vocabularies
 would spell them out as text. So the prompt is split on the two markers and each
 becomes its special id: EOS is the vocabulary's EOS; BOS is the vocabulary's BOS
-when it has one, else seqio's start id 0 for a decoder-only model (the token a
-decoder starts every sequence with) and nothing for an encoder input (0 is
-padding there). The token counts that budget prompts are the lengths of these
+when it has one. Without one (byte and T5 vocabularies), a decoder-only prompt
+starts with seqio's start id 0, the token a decoder starts every sequence with,
+and a `<s>` inside it is dropped, as in a training sequence (0 is padding there,
+and in an encoder input). The token counts that budget prompts are the lengths of these
 id lists, so budgets are measured with the model's real vocabulary.
 """
 import re
@@ -30,13 +31,13 @@ def bos_id(vocabulary: seqio.Vocabulary) -> Optional[int]:
 def encode_prompt(vocabulary: seqio.Vocabulary, text: str, *, decoder_only: bool) -> list[int]:
   """Token ids of a prompt string, markers as special ids (see module doc)."""
   bos = bos_id(vocabulary)
-  if bos is None and decoder_only:
-    bos = START_ID
   ids: list[int] = []
   for piece in _MARKERS.split(text):
     if piece == fmt.BOS:
       if bos is not None:
         ids.append(bos)
+      elif decoder_only and not ids:
+        ids.append(START_ID)
     elif piece == fmt.EOS:
       ids.append(vocabulary.eos_id)
     elif piece:
