@@ -83,7 +83,8 @@ def test_rounds_chain_texts_and_collect_pairs():
   # Round 2: text 0 of part 2 follows the chain of text 0 of part 1 (which got pairs);
   # position 1 is a bad record (skipped); text 2 follows text two's chain.
   assert calls[1] == [
-      fmt.serialize_example("Text zero.", [QA("Q0?", "A0.")]) + fmt.serialize_context("Text three."),
+      fmt.serialize_example("Text zero.", [QA("Q0?", "A0.")])
+      + fmt.serialize_context("Text three."),
       fmt.serialize_example("Text two.", [QA("Q2?", "A2.")]) + fmt.serialize_context("Text five.")]
   by_doc = {r["doc_id"]: r for r in result.records}
   assert sorted(by_doc) == [0, 1, 2, 3, 5]
@@ -162,7 +163,8 @@ def test_bad_records_are_reported_with_file_and_line(tmp_path):
   assert set(problems) == {f"{jsonl}:2", f"{jsonl}:4", f"{jsonl}:5", f"{jsonl}:6",
                            f"{text}:5"}
   assert "not valid UTF-8" in problems[f"{jsonl}:2"]
-  assert 'missing field "text"' in problems[f"{jsonl}:4"] and "--text_field" in problems[f"{jsonl}:4"]
+  assert 'missing field "text"' in problems[f"{jsonl}:4"]
+  assert "--text_field" in problems[f"{jsonl}:4"]
   assert problems[f"{jsonl}:5"] == "empty document"
   assert "not valid JSON" in problems[f"{jsonl}:6"]
   assert "line 5" in problems[f"{text}:5"]

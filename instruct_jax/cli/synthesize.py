@@ -1,4 +1,4 @@
-"""`instruct-jax synthesize`: instruction-response pairs for a raw corpus (Instruction Pre-Training).
+"""`instruct-jax synthesize`: instruction-response pairs for a raw corpus (IPT).
 
 experiments/ipt/synthesize.gin is parsed after the user's gin files (the
 synthesizer's model gin); the size flags are shortcuts for its macros. The corpus

@@ -1,1 +1,1 @@
-"""`instruct-jax synthesize`: instruction-response pairs for a raw corpus (Instruction Pre-Training)."""
+"""`instruct-jax synthesize`: instruction-response pairs for a raw corpus (IPT)."""

@@ -81,9 +81,10 @@ class ModelGenerator:
                                            devices=jax.local_devices())
     data_parallel = partitioner.data_parallel_size
     if batch_size < 1 or batch_size % data_parallel:
+      suggestion = max(1, batch_size // data_parallel) * data_parallel
       raise UsageError(f"BATCH_SIZE={batch_size} must be a positive multiple of this "
                        f"process's data-parallel size {data_parallel} (local devices / "
-                       f"NUM_PARTITIONS); use e.g. {max(1, batch_size // data_parallel) * data_parallel}.")
+                       f"NUM_PARTITIONS); use e.g. {suggestion}.")
     self.session = session_lib.EvalSession(model, partitioner, batch_size, self.decode_cfg,
                                            seed)
     self.step = self.session.load(checkpoint_path)

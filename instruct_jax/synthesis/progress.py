@@ -1,6 +1,7 @@
 """The synthesis job's progress line and its final summary (stdout, like train's lines).
 
-    synthesize: 1,200/20,000 docs (6%) | 3.1 docs/s | 1,240 gen tokens/s | 4.2 pairs/doc | ETA 1:41:05
+    synthesize: 1,200/20,000 docs (6%) | 3.10 docs/s | 1,240 gen tokens/s | 4.20 pairs/doc
+      | ETA 1:41:05   (one line)
 
 A line at most every `period_seconds` (and one per finished shard when the
 period is 0), so a long job's log stays readable; rates count this launch only,
