@@ -173,6 +173,20 @@ def test_bad_records_are_reported_with_file_and_line(tmp_path):
                   (f"{text}:1", "Block one,\nstill one."), (f"{text}:7", "Block three.")]
 
 
+def test_tfds_split_is_read_by_field():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  # Mock data ignores split slicing, so the split is one shard here.
+  with tfds.testing.mock_data(num_examples=5):
+    spec = corpus.CorpusSpec(("imdb_reviews",), "tfds", "text", "train")
+    shards = corpus.plan_shards(spec, documents_per_shard=10)
+    assert [(s.first_doc_id, s.num_records) for s in shards] == [(0, 5)]
+    records = corpus.read_shard(shards[0], spec)
+    assert [r.source for r in records] == [f"imdb_reviews/train[{i}]" for i in range(5)]
+    assert all(isinstance(r.text, str) and r.problem is None for r in records)
+    spec = corpus.CorpusSpec(("imdb_reviews",), "tfds", "body", "train")
+    assert 'missing field "body"' in corpus.read_shard(shards[0], spec)[0].problem
+
+
 def test_prompt_markers_become_special_ids():
   byte_vocab = seqio.ByteVocabulary()
   text = fmt.serialize_example("hi", [QA("Q", "A")]) + fmt.serialize_context("yo")
