@@ -240,10 +240,10 @@ def _sequence_log_prob(tokens):
 
 def test_beam_search_beats_greedy_on_constructed_case():
   first, state, step_fn = _markov(2)
-  greedy_cfg = decoding.DecodeConfig()
+  greedy_cfg = decoding.DecodeConfig(eos_id=1)
   greedy_tokens, greedy_scores = jax.jit(functools.partial(
       decoding.decode, step_fn=step_fn, max_length=5, cfg=greedy_cfg))(first, state)
-  beam_cfg = decoding.DecodeConfig(method="beam", num_beams=2, alpha=0.0)
+  beam_cfg = decoding.DecodeConfig(method="beam", num_beams=2, alpha=0.0, eos_id=1)
   beam_tokens, beam_scores = jax.jit(functools.partial(
       decoding.decode, step_fn=step_fn, max_length=5, cfg=beam_cfg))(first, state)
   np.testing.assert_array_equal(greedy_tokens[0], [2, 4, 1, 0, 0])  # a c EOS
@@ -255,7 +255,7 @@ def test_beam_search_beats_greedy_on_constructed_case():
 
 def test_length_penalty_divides_beam_score():
   first, state, step_fn = _markov(1)
-  cfg = decoding.DecodeConfig(method="beam", num_beams=2, alpha=0.6)
+  cfg = decoding.DecodeConfig(method="beam", num_beams=2, alpha=0.6, eos_id=1)
   tokens, scores = decoding.decode(first, state, step_fn, max_length=5, cfg=cfg)
   length = int(np.sum(np.asarray(tokens[0]) > 0))
   expected = _sequence_log_prob(tokens[0]) / ((5.0 + length) / 6.0) ** 0.6
@@ -265,7 +265,8 @@ def test_length_penalty_divides_beam_score():
 def test_rows_stop_at_eos_and_at_their_limit():
   first, state, step_fn = _markov(3)
   tokens, _ = decoding.decode(first, state, step_fn, max_length=5,
-                              cfg=decoding.DecodeConfig(), limits=jnp.asarray([5, 2, 1]))
+                              cfg=decoding.DecodeConfig(eos_id=1),
+                              limits=jnp.asarray([5, 2, 1]))
   np.testing.assert_array_equal(tokens, [[2, 4, 1, 0, 0], [2, 4, 0, 0, 0], [2, 0, 0, 0, 0]])
 
 
@@ -283,7 +284,7 @@ def test_sampling_is_seeded_and_filtered():
   first, state, step_fn = _markov(64)
   sample = jax.jit(lambda rng, cfg: decoding.decode(first, state, step_fn, max_length=4,
                                                     cfg=cfg, rng=rng), static_argnums=1)
-  cfg = decoding.DecodeConfig(method="sample", temperature=1.5)
+  cfg = decoding.DecodeConfig(method="sample", temperature=1.5, eos_id=1)
   a, _ = sample(jax.random.PRNGKey(1), cfg)
   b, _ = sample(jax.random.PRNGKey(1), cfg)
   c, _ = sample(jax.random.PRNGKey(2), cfg)
@@ -291,16 +292,34 @@ def test_sampling_is_seeded_and_filtered():
   assert not np.array_equal(a, c)
   assert len({tuple(row) for row in np.asarray(a).tolist()}) > 1
   # top_k=1 leaves nothing to chance: it is greedy.
-  greedy, _ = decoding.decode(first, state, step_fn, max_length=4, cfg=decoding.DecodeConfig())
-  top1, _ = sample(jax.random.PRNGKey(3), decoding.DecodeConfig(method="sample", top_k=1))
+  greedy, _ = decoding.decode(first, state, step_fn, max_length=4, cfg=decoding.DecodeConfig(eos_id=1))
+  top1, _ = sample(jax.random.PRNGKey(3),
+                   decoding.DecodeConfig(method="sample", top_k=1, eos_id=1))
   np.testing.assert_array_equal(top1, greedy)
+
+
+def test_eos_comes_from_the_vocabulary_unless_set():
+  """Llama / Mistral SentencePiece vocabularies end rows with 2, T5's with 1."""
+
+  class Vocabulary:
+    eos_id = 2
+
+  assert decoding.DecodeConfig().for_vocabulary(Vocabulary()).eos_id == 2
+  assert decoding.DecodeConfig(eos_id=7).for_vocabulary(Vocabulary()).eos_id == 7
+  first, state, step_fn = _markov(3)
+  with pytest.raises(ValueError, match="for_vocabulary"):
+    decoding.decode(first, state, step_fn, max_length=5, cfg=decoding.DecodeConfig())
+  tokens, _ = decoding.decode(first, state, step_fn, max_length=5,
+                              cfg=decoding.DecodeConfig().for_vocabulary(Vocabulary()))
+  # The chain's greedy path is a c EOS(1) (see above); with EOS 2 the first token ends it.
+  np.testing.assert_array_equal(tokens[0], [2, 0, 0, 0, 0])
 
 
 def test_sampling_needs_an_rng():
   first, state, step_fn = _markov(1)
   with pytest.raises(ValueError, match="rng"):
     decoding.decode(first, state, step_fn, max_length=2,
-                    cfg=decoding.DecodeConfig(method="sample"))
+                    cfg=decoding.DecodeConfig(method="sample", eos_id=1))
 
 
 @pytest.mark.parametrize("kwargs, message", [

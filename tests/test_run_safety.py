@@ -252,6 +252,8 @@ def _our_warnings(caplog):
                                      _truncate_iterator_file, _empty_dir])
 def test_restore_falls_back_past_a_corrupt_checkpoint(make_checkpointer, tmp_path, caplog,
                                                       corrupt):
+  # INFO records reach caplog whatever verbosity an earlier test in this worker left.
+  caplog.set_level(logging.INFO, logger="absl")
   run = tmp_path / "run"
   _save_steps(make_checkpointer)
   corrupt(str(run / "checkpoint_4"))

@@ -479,7 +479,7 @@ def infer_file(*,
   writer = _OutputWriter(output_file, remaining, append=resume) if is_writer else None
   if mode == "predict":
     batches = ([(index, {"prediction": model.output_vocabulary.decode(
-                    runner_lib.trim_at_eos(tokens_out, decode_cfg.eos_id)), "score": score})
+                    runner_lib.trim_at_eos(tokens_out, runner.decode_cfg.eos_id)), "score": score})
                 for index, tokens_out, score in batch_results]
                for batch_results in runner.predict_batches(session.params, dataset))
   else:

@@ -57,7 +57,8 @@ class ModelRunner:
     self.model = model
     self.partitioner = partitioner
     self.batch_size = batch_size
-    self.decode_cfg = decode_cfg or decoding.DecodeConfig()
+    self.decode_cfg = (decode_cfg or decoding.DecodeConfig()).for_vocabulary(
+        model.output_vocabulary)
     # The decoding rng (sampling only): batch i decodes with fold_in(rng, i).
     self.rng = jax.random.PRNGKey(seed)
     batch_sharding = partitioner.batch_sharding

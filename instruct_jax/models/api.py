@@ -185,7 +185,7 @@ class Model(abc.ABC):
     decode up to EOS). Scores are as in decoding.decode. jit-able, with
     decode_cfg static (close over it). `rng` is needed for sampling only.
     """
-    cfg = decode_cfg or decoding.DecodeConfig()
+    cfg = (decode_cfg or decoding.DecodeConfig()).for_vocabulary(self.output_vocabulary)
     first_logits, state, step_fn, max_length, limits = self._decoding_setup(params, batch, cfg)
     return decoding.decode(first_logits, state, step_fn, max_length=max_length, cfg=cfg,
                            limits=limits, rng=rng)

@@ -47,6 +47,8 @@ class DecodeConfig:
     the batch's decoder_target_tokens (the task's "targets" feature length).
   use_cache: False recomputes the whole prefix every step (slow; for checks
     and benchmarks of the KV cache).
+  eos_id: the token that ends a row; None (default) takes the model's output
+    vocabulary's (T5: 1, Llama / Mistral SentencePiece: 2), see for_vocabulary.
   """
   method: str = "greedy"
   max_decode_length: Optional[int] = None
@@ -55,7 +57,7 @@ class DecodeConfig:
   top_p: float = 1.0
   num_beams: int = 4
   alpha: float = 0.6
-  eos_id: int = 1
+  eos_id: Optional[int] = None
   use_cache: bool = True
 
   def __post_init__(self):
@@ -76,6 +78,12 @@ class DecodeConfig:
     if self.alpha < 0:
       raise ValueError(f"DecodeConfig.alpha={self.alpha} must be >= 0 (0 disables the "
                        "length penalty).")
+
+  def for_vocabulary(self, vocabulary: Any) -> "DecodeConfig":
+    """This config with eos_id taken from `vocabulary` unless it was set explicitly."""
+    if self.eos_id is not None:
+      return self
+    return dataclasses.replace(self, eos_id=vocabulary.eos_id)
 
 
 def brevity_penalty(alpha: float, length: Array) -> Array:
@@ -259,6 +267,9 @@ def decode(first_logits: Array, state: State, step_fn: StepFn, *, max_length: in
   length-penalised beam score (log_prob / brevity_penalty) for beam search.
   `limits` [batch] caps each row's number of new tokens (default max_length).
   """
+  if cfg.eos_id is None:
+    raise ValueError("DecodeConfig.eos_id is None; resolve it with "
+                     "cfg.for_vocabulary(model.output_vocabulary) before decoding.")
   if cfg.method == "beam":
     return beam_search(first_logits, state, step_fn, max_length=max_length, cfg=cfg,
                        limits=limits)
