@@ -306,6 +306,8 @@ def test_eos_comes_from_the_vocabulary_unless_set():
 
   assert decoding.DecodeConfig().for_vocabulary(Vocabulary()).eos_id == 2
   assert decoding.DecodeConfig(eos_id=7).for_vocabulary(Vocabulary()).eos_id == 7
+  with pytest.raises(ValueError, match="no EOS id"):
+    decoding.DecodeConfig().for_vocabulary(type("NoEos", (), {"eos_id": None})())
   first, state, step_fn = _markov(3)
   with pytest.raises(ValueError, match="for_vocabulary"):
     decoding.decode(first, state, step_fn, max_length=5, cfg=decoding.DecodeConfig())

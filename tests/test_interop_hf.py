@@ -83,7 +83,7 @@ def _batch(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _our_model(config: t5.T5Config) -> encoder_decoder.EncoderDecoderModel:
-  vocab = seqio.PassThroughVocabulary(size=VOCAB)
+  vocab = seqio.PassThroughVocabulary(size=VOCAB, eos_id=1)
   return encoder_decoder.EncoderDecoderModel(t5.Transformer(config), vocab, vocab)
 
 

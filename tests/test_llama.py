@@ -92,7 +92,7 @@ def hf_checkpoint(request, tmp_path_factory):
 
 
 def _our_model(config: llama.LlamaConfig) -> decoder_only.DecoderOnlyModel:
-  return decoder_only.DecoderOnlyModel(llama.Llama(config), seqio.PassThroughVocabulary(VOCAB))
+  return decoder_only.DecoderOnlyModel(llama.Llama(config), seqio.PassThroughVocabulary(VOCAB, eos_id=1))
 
 
 def _converted(directory: str):

@@ -83,6 +83,10 @@ class DecodeConfig:
     """This config with eos_id taken from `vocabulary` unless it was set explicitly."""
     if self.eos_id is not None:
       return self
+    if vocabulary.eos_id is None:
+      raise ValueError(f"The model's output vocabulary ({type(vocabulary).__name__}) has no EOS "
+                       "id, so decoding cannot tell where a row ends; give the vocabulary one "
+                       "or set it, e.g. --gin.decoding.DecodeConfig.eos_id=1.")
     return dataclasses.replace(self, eos_id=vocabulary.eos_id)
 
 
