@@ -1,7 +1,9 @@
 """Tiny models and synthetic batches shared by the trainer-level tests."""
 import numpy as np
 import seqio
+import tensorflow as tf
 
+from instruct_jax.data import pipeline
 from instruct_jax.models import decoder_only
 from instruct_jax.models import encoder_decoder
 from instruct_jax.models.networks import llama
@@ -55,3 +57,27 @@ def synthetic_batch(batch: int, seed: int = 0, input_length: int = INPUT_LENGTH,
   return {"encoder_input_tokens": inputs, "decoder_input_tokens": decoder_inputs,
           "decoder_target_tokens": targets,
           "decoder_loss_weights": (targets > 0).astype(np.int32)}
+
+
+def first_task_batch(model, inputs: list[str], targets: list[str], *, task_name: str,
+                     input_length: int = 64, target_length: int = 64) -> dict[str, np.ndarray]:
+  """The first batch (8 rows) of a seqio task over (inputs, targets) in the model's
+  vocabulary, through the project's pipeline and the model's feature converter."""
+  vocab = model.output_vocabulary
+  seqio.TaskRegistry.add(
+      task_name,
+      source=seqio.FunctionDataSource(
+          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
+              {"inputs": inputs, "targets": targets}), splits=["train"]),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features={"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)})
+  try:
+    cfg = pipeline.DatasetConfig(
+        mixture_or_task_name=task_name,
+        task_feature_lengths={"inputs": input_length, "targets": target_length},
+        split="train", batch_size=8, shuffle=False, seed=0)
+    dataset = pipeline.get_dataset(cfg, 0, 1, model.feature_converter(pack=False),
+                                   repeat=False)
+    return next(iter(dataset.as_numpy_iterator()))
+  finally:
+    seqio.TaskRegistry.remove(task_name)

@@ -23,9 +23,9 @@ from tokenizers import pre_tokenizers
 from tokenizers import trainers
 
 from instruct_jax.cli import gin_setup
-from instruct_jax.data import pipeline
 from instruct_jax.data.hf_tokenizer_vocabulary import HuggingFaceTokenizerVocabulary
 from instruct_jax.errors import UsageError
+import factories
 
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 BPE_SIZE = 400
@@ -238,23 +238,8 @@ def test_seqio_task_feeds_the_decoder_only_model(tokenizer_dir, tmp_path, clean_
   assert vocab.vocab_size <= model.module.config.vocab_size
   inputs = [f"question {i}: why!" for i in range(8)]
   targets = [t + "!" for t in _texts(8, seed=4)]
-  task_name = "test_hf_tokenizer_vocabulary_task"
-  seqio.TaskRegistry.add(
-      task_name,
-      source=seqio.FunctionDataSource(
-          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-              {"inputs": inputs, "targets": targets}), splits=["train"]),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features={"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)})
-  try:
-    cfg = pipeline.DatasetConfig(
-        mixture_or_task_name=task_name, task_feature_lengths={"inputs": 32, "targets": 64},
-        split="train", batch_size=8, shuffle=False, seed=0)
-    dataset = pipeline.get_dataset(cfg, 0, 1, model.feature_converter(pack=False),
-                                   repeat=False)
-    batch = next(iter(dataset.as_numpy_iterator()))
-  finally:
-    seqio.TaskRegistry.remove(task_name)
+  batch = factories.first_task_batch(model, inputs, targets, input_length=32,
+                                     task_name="test_hf_tokenizer_vocabulary_task")
 
   for row in range(8):
     prompt = vocab.encode(inputs[row]) + [vocab.eos_id]

@@ -20,7 +20,7 @@ import tensorflow as tf
 import wordfreq
 
 from instruct_jax.cli import gin_setup
-from instruct_jax.data import pipeline
+import factories
 
 PUBLIC_T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 PIECES = 256
@@ -87,32 +87,11 @@ def test_gin_bound_vocabulary_trains_a_tiny_model(sentencepiece_file, tmp_path, 
   assert vocab.decode(ids) == text and max(ids) < PIECES
 
   inputs, targets = _sentences(16, seed=1), _sentences(16, seed=2)
-  batch = _first_batch(model, inputs, targets)
+  batch = factories.first_task_batch(model, inputs, targets,
+                                    task_name="test_vocabulary_sentencepiece_task")
   assert vocab.decode(batch["decoder_target_tokens"][0].tolist()) == targets[0]
   assert vocab.decode(batch["encoder_input_tokens"][1].tolist()) == inputs[1]
   _assert_finite_loss(model, batch)
-
-
-def _first_batch(model, inputs, targets):
-  """The first batch of a seqio task over (inputs, targets), through the model's converter."""
-  vocab = model.output_vocabulary
-  task_name = "test_vocabulary_sentencepiece_task"
-  seqio.TaskRegistry.add(
-      task_name,
-      source=seqio.FunctionDataSource(
-          lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-              {"inputs": inputs, "targets": targets}), splits=["train"]),
-      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
-      output_features={"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)})
-  try:
-    cfg = pipeline.DatasetConfig(
-        mixture_or_task_name=task_name, task_feature_lengths={"inputs": 64, "targets": 64},
-        split="train", batch_size=8, shuffle=False, seed=0)
-    dataset = pipeline.get_dataset(cfg, 0, 1, model.feature_converter(pack=False),
-                                   repeat=False)
-    return next(iter(dataset.as_numpy_iterator()))
-  finally:
-    seqio.TaskRegistry.remove(task_name)
 
 
 def _assert_finite_loss(model, batch):
@@ -157,7 +136,8 @@ seqio.SentencePieceVocabulary.sentencepiece_model_file = '{llama_style_sentencep
   assert vocab.decode_tf(tf.constant(ids)).numpy().decode() == unseen
 
   inputs, targets = _sentences(8, seed=3), [t + " 🙂" for t in _sentences(8, seed=4)]
-  batch = _first_batch(model, inputs, targets)
+  batch = factories.first_task_batch(model, inputs, targets,
+                                    task_name="test_vocabulary_sentencepiece_task")
   prompt = vocab.encode(inputs[0]) + [vocab.eos_id]
   answer = vocab.encode(targets[0]) + [vocab.eos_id]
   tokens = batch["decoder_target_tokens"][0]
