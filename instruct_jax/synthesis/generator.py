@@ -75,8 +75,8 @@ class ModelGenerator:
     if decode_cfg.method == "beam":
       raise UsageError("synthesize decodes greedily or by sampling; set DECODE_METHOD to "
                        "'greedy' or 'sample'.")
-    self.decode_cfg = dataclasses.replace(decode_cfg, max_decode_length=max_new_tokens,
-                                          eos_id=self.vocabulary.eos_id)
+    self.decode_cfg = dataclasses.replace(decode_cfg, max_decode_length=max_new_tokens
+                                          ).for_vocabulary(self.vocabulary)
     partitioner = partitioning.Partitioner(num_partitions, parameter_partitioning_dims,
                                            devices=jax.local_devices())
     data_parallel = partitioner.data_parallel_size
