@@ -5,8 +5,9 @@ target_length tokens (EOS is disabled), so tokens/s = batch_size x
 target_length / seconds. Beam search does num_beams times the work for the
 same output tokens.
 """
+import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -29,12 +30,36 @@ def _decode_batch(model: Any, batch_size: int, input_length: int,
   return batch
 
 
-def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
-                     target_length: int = 128, steps: int = 3, num_partitions: int = 1,
-                     parameter_partitioning_dims: int = 1, num_beams: int = 4,
-                     methods: tuple[str, ...] = ("greedy", "beam"),
-                     use_cache: tuple[bool, ...] = (True, False)) -> dict[str, Any]:
-  """Times whole-batch decodes (compilation excluded) for each method x cache setting."""
+@dataclasses.dataclass
+class PreparedDecode:
+  """Initialised params and a batch of random prompts on the devices, ready to decode."""
+  model: Any
+  partitioner: partitioning.Partitioner
+  shardings: Any
+  params: Any
+  batch: dict[str, jax.Array]
+  host_batch: dict[str, np.ndarray]
+
+  def compile(self, cfg: decoding.DecodeConfig) -> tuple[Callable[[], Any], float]:
+    """(a call that decodes the batch and returns its tokens on the host, compile seconds)."""
+    fn = jax.jit(lambda p, b: self.model.predict_batch(p, b, cfg),
+                 in_shardings=(self.shardings, self.partitioner.batch_sharding),
+                 out_shardings=self.partitioner.replicated)
+    with self.partitioner.activation_context():
+      start = time.perf_counter()
+      compiled = fn.lower(self.params, self.batch).compile()
+      compile_seconds = time.perf_counter() - start
+
+    def decode():
+      with self.partitioner.activation_context():
+        tokens, _ = compiled(self.params, self.batch)
+        return np.asarray(tokens)
+    return decode, compile_seconds
+
+
+def prepare_decode(model: Any, batch_size: int, input_length: int, target_length: int,
+                   num_partitions: int = 1, parameter_partitioning_dims: int = 1
+                   ) -> PreparedDecode:
   partitioner = partitioning.Partitioner(num_partitions, parameter_partitioning_dims)
   _, shardings, _ = state_lib.abstract_params(model, partitioner)
   host_batch = _decode_batch(model, batch_size, input_length, target_length)
@@ -43,29 +68,41 @@ def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
         rng, {k: v.shape for k, v in host_batch.items()})), out_shardings=shardings)(
             jax.random.PRNGKey(0))
   batch = {k: jax.device_put(v, partitioner.batch_sharding) for k, v in host_batch.items()}
+  return PreparedDecode(model, partitioner, shardings, params, batch, host_batch)
+
+
+def decode_config(method: str, target_length: int, num_beams: int,
+                  use_cache: bool = True) -> decoding.DecodeConfig:
+  # eos_id=-1 is never produced: every row decodes the full target_length.
+  return decoding.DecodeConfig(method=method, max_decode_length=target_length,
+                               num_beams=num_beams, eos_id=-1, use_cache=use_cache)
+
+
+def method_name(method: str, num_beams: int) -> str:
+  return f"beam{num_beams}" if method == "beam" else method
+
+
+def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
+                     target_length: int = 128, steps: int = 3, num_partitions: int = 1,
+                     parameter_partitioning_dims: int = 1, num_beams: int = 4,
+                     methods: tuple[str, ...] = ("greedy", "beam"),
+                     use_cache: tuple[bool, ...] = (True, False)) -> dict[str, Any]:
+  """Times whole-batch decodes (compilation excluded) for each method x cache setting."""
+  prepared = prepare_decode(model, batch_size, input_length, target_length, num_partitions,
+                            parameter_partitioning_dims)
   results = {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
              "batch_size": batch_size, "input_length": input_length,
              "target_length": target_length}
   for method in methods:
     for cached in use_cache:
-      # eos_id=-1 is never produced: every row decodes the full target_length.
-      cfg = decoding.DecodeConfig(method=method, max_decode_length=target_length,
-                                  num_beams=num_beams, eos_id=-1, use_cache=cached)
-      fn = jax.jit(lambda p, b, cfg=cfg: model.predict_batch(p, b, cfg),
-                   in_shardings=(shardings, partitioner.batch_sharding),
-                   out_shardings=partitioner.replicated)
-      with partitioner.activation_context():
-        start = time.perf_counter()
-        compiled = fn.lower(params, batch).compile()
-        compile_seconds = time.perf_counter() - start
-        jax.block_until_ready(compiled(params, batch))  # warm-up
-        start = time.perf_counter()
-        for _ in range(steps):
-          tokens, _ = compiled(params, batch)
-        jax.block_until_ready(tokens)
+      decode, compile_seconds = prepared.compile(
+          decode_config(method, target_length, num_beams, cached))
+      decode()  # warm-up
+      start = time.perf_counter()
+      for _ in range(steps):
+        decode()
       seconds = (time.perf_counter() - start) / steps
-      name = (f"beam{num_beams}" if method == "beam" else method) + (
-          "_cached" if cached else "_uncached")
+      name = method_name(method, num_beams) + ("_cached" if cached else "_uncached")
       results[f"{name}_seconds_per_batch"] = seconds
       results[f"{name}_tokens_per_second"] = batch_size * target_length / seconds
       results[f"{name}_compile_seconds"] = compile_seconds

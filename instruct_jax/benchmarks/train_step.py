@@ -2,14 +2,17 @@
 
 Batches are synthetic and fully packed (one segment per row), so every token
 counts. FLOPs use the exact matmul count of instruct_jax.models.flops
-(training = 3 x forward); MFU is reported where the device's peak is known.
+(training = 3 x forward). The roofline is benchmarks/matmul_peak: MFU where the
+device's peak is published, else the fraction of a matmul peak measured at start.
 """
+import dataclasses
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 
+from instruct_jax.benchmarks import matmul_peak
 from instruct_jax.models import flops
 from instruct_jax.train import partitioning
 from instruct_jax.train import trainer as trainer_lib
@@ -41,22 +44,50 @@ def forward_flops_per_example(model: Any, input_length: int, target_length: int)
   return flops.decoder_only_forward_flops(config, input_length + target_length)
 
 
-def benchmark_train_step(model: Any, optimizer: Any, batch_size: int = 8,
-                         input_length: int = 512, target_length: int = 128, steps: int = 5,
-                         num_partitions: int = 1, parameter_partitioning_dims: int = 1,
-                         warmup_steps: int = 2) -> dict[str, Optional[float]]:
-  """Times `steps` train steps after `warmup_steps` (compilation excluded)."""
+@dataclasses.dataclass
+class PreparedTrainStep:
+  """A trainer, its initial state and one synthetic batch on the devices, ready to step."""
+  trainer: trainer_lib.Trainer
+  state: Any
+  batch: dict[str, jax.Array]
+  host_batch: dict[str, np.ndarray]
+  shapes: dict[str, tuple[int, int]]
+
+  def step(self) -> dict[str, jax.Array]:
+    """One train step on the batch (asynchronous: block on the metrics to time it)."""
+    self.state, metrics = self.trainer.train_step(self.state, self.batch)
+    return metrics
+
+
+def prepare_train_step(model: Any, optimizer: Any, batch_size: int, input_length: int,
+                       target_length: int, num_partitions: int = 1,
+                       parameter_partitioning_dims: int = 1) -> PreparedTrainStep:
   partitioner = partitioning.Partitioner(num_partitions, parameter_partitioning_dims)
-  converter = model.feature_converter(pack=True)
-  lengths = converter.get_model_feature_lengths({"inputs": input_length,
-                                                 "targets": target_length})
+  lengths = model.feature_converter(pack=True).get_model_feature_lengths(
+      {"inputs": input_length, "targets": target_length})
   shapes = {k: (batch_size, v) for k, v in lengths.items()}
   trainer = trainer_lib.Trainer(model, optimizer, partitioner, shapes)
   host_batch = synthetic_batch(lengths, batch_size, model.module.config.vocab_size)
   batch = {k: jax.device_put(v, partitioner.batch_sharding) for k, v in host_batch.items()}
-  state = trainer.init_state(0)
+  return PreparedTrainStep(trainer, trainer.init_state(0), batch, host_batch, shapes)
 
-  compiled = trainer.compile_train_step(state, batch)
+
+def train_flops_per_step(model: Any, batch_size: int, input_length: int,
+                         target_length: int) -> int:
+  return flops.training_flops(
+      forward_flops_per_example(model, input_length, target_length)) * batch_size
+
+
+def benchmark_train_step(model: Any, optimizer: Any, batch_size: int = 8,
+                         input_length: int = 512, target_length: int = 128, steps: int = 5,
+                         num_partitions: int = 1, parameter_partitioning_dims: int = 1,
+                         warmup_steps: int = 2) -> dict[str, Any]:
+  """Times `steps` train steps after `warmup_steps` (compilation excluded)."""
+  peak = matmul_peak.device_peak()
+  prepared = prepare_train_step(model, optimizer, batch_size, input_length, target_length,
+                                num_partitions, parameter_partitioning_dims)
+  trainer = prepared.trainer
+  compiled = trainer.compile_train_step(prepared.state, prepared.batch)
   memory = compiled.memory_analysis()
   state_bytes = sum(
       int(np.prod(s.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
@@ -64,20 +95,18 @@ def benchmark_train_step(model: Any, optimizer: Any, batch_size: int = 8,
                       jax.tree.leaves(trainer.state_shardings)))
 
   for _ in range(warmup_steps):
-    state, metrics = trainer.train_step(state, batch)
+    metrics = prepared.step()
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = trainer.train_step(state, batch)
+    metrics = prepared.step()
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - start) / steps
 
   num_devices = len(jax.devices())
-  tokens = trainer_lib.tokens_per_step(shapes)
-  train_flops = flops.training_flops(
-      forward_flops_per_example(model, input_length, target_length)) * batch_size
+  tokens = trainer_lib.tokens_per_step(prepared.shapes)
+  train_flops = train_flops_per_step(model, batch_size, input_length, target_length)
   tflops_per_device = train_flops / seconds / num_devices / 1e12
-  peak = flops.peak_flops_per_device(jax.devices()[0])
   return {
       "devices": num_devices,
       "device_kind": jax.devices()[0].device_kind,
@@ -85,7 +114,8 @@ def benchmark_train_step(model: Any, optimizer: Any, batch_size: int = 8,
       "tokens_per_second": tokens / seconds,
       "tokens_per_second_per_device": tokens / seconds / num_devices,
       "model_tflops_per_second_per_device": tflops_per_device,
-      "mfu": (tflops_per_device * 1e12 / peak) if peak else None,
+      **peak.report_lines(),
+      peak.fraction_name: peak.fraction(train_flops / seconds, num_devices),
       "state_bytes_per_device": state_bytes,
       "compiled_argument_bytes_per_device": getattr(memory, "argument_size_in_bytes", None),
       "compiled_temp_bytes_per_device": getattr(memory, "temp_size_in_bytes", None),

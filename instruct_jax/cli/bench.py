@@ -1,4 +1,7 @@
-"""`instruct-jax bench`: the gin-configured train-step, decoding or compile-time benchmark.
+"""`instruct-jax bench`: the gin-configured train-step, decoding, input or compile-time benchmark.
+
+With --against=hf (BENCH_AGAINST) the train and decode modes run the same model
+in transformers beside ours (benchmarks/against_hf).
 
 runs/bench.gin is parsed after the user's gin files (it binds the benchmark
 functions to %MODEL, %OPTIMIZER and BENCH_* macros). The size flags are kept
@@ -6,6 +9,7 @@ as shortcuts: each one given rebinds its BENCH_* macro.
 """
 import gin
 
+from instruct_jax.benchmarks import against_hf
 from instruct_jax.benchmarks import compile_time
 from instruct_jax.benchmarks import decode_speed
 from instruct_jax.benchmarks import input_pipeline
@@ -28,7 +32,18 @@ def _flag_bindings(args) -> list[str]:
       raise UsageError(f"--decode_methods={args.decode_methods!r}; use a comma-separated "
                        "subset of greedy,beam.")
     bindings.append(f"BENCH_DECODE_METHODS = {methods!r}")
+  if args.against is not None:
+    bindings.append(f"BENCH_AGAINST = {args.against!r}")
   return bindings
+
+
+def _against(mode: str) -> str | None:
+  """The reference implementation to run beside ours (BENCH_AGAINST), checked."""
+  against = gin.get_configurable(against_hf.reference)()
+  if against is not None and mode not in ("train", "decode"):
+    raise UsageError(f"--against={against} compares the train step and decoding; use it "
+                     "with --mode=train or --mode=decode.")
+  return against
 
 
 def run(args) -> None:
@@ -41,11 +56,14 @@ def run(args) -> None:
   if gin_setup.macro("MODEL") is None:
     raise UsageError("bench needs a model gin that defines MODEL, e.g. "
                      "--gin_file=models/t5_1_1/base.gin.")
+  against = _against(args.mode)
   if args.mode == "decode":
     methods = gin_setup.macro("BENCH_DECODE_METHODS")
     if not methods or set(methods) - set(flags.DECODE_METHODS):
       raise UsageError(f"BENCH_DECODE_METHODS={methods!r}; use a subset of {flags.DECODE_METHODS}.")
-    results = gin.get_configurable(decode_speed.benchmark_decode)()
+    benchmark = against_hf.benchmark_decode_against_hf if against else (
+        decode_speed.benchmark_decode)
+    results = gin.get_configurable(benchmark)()
   elif args.mode == "input":
     results = gin.get_configurable(input_pipeline.benchmark_input_pipeline)()
     print(input_pipeline.format_table(results), flush=True)
@@ -55,5 +73,7 @@ def run(args) -> None:
     print(compile_time.format_table(rows), flush=True)
     return
   else:
-    results = gin.get_configurable(train_step.benchmark_train_step)()
+    benchmark = against_hf.benchmark_train_against_hf if against else (
+        train_step.benchmark_train_step)
+    results = gin.get_configurable(benchmark)()
   print(report.format_report(results), flush=True)

@@ -35,6 +35,7 @@ BENCH_FLAG_MACROS = {
     "num_beams": "BENCH_NUM_BEAMS",
 }
 DECODE_METHODS = ("greedy", "beam")
+BENCH_AGAINST = ("hf",)                           # = benchmarks.against_hf.REFERENCES
 
 INFER_MODES = ("predict", "score")                # = eval.inference.MODES
 INFER_FORMATS = ("auto", "jsonl", "tsv")          # = eval.inference.FORMATS
@@ -166,6 +167,11 @@ def bench(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--decode_methods", default=None,
                       help="Shortcut for --gin.BENCH_DECODE_METHODS: comma-separated subset "
                            "of greedy,beam.")
+  parser.add_argument("--against", choices=BENCH_AGAINST, default=None,
+                      help="Shortcut for --gin.BENCH_AGAINST: with --mode=train or decode, "
+                           "also run the same model and weights in transformers (PyTorch, "
+                           "from the test extra), alternating with ours, and print both "
+                           "rates and their ratio.")
 
 
 def convert(parser: argparse.ArgumentParser) -> None:
