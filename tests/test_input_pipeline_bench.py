@@ -19,12 +19,21 @@ def test_bench_input_mode_prints_the_uncached_rate(capsys):
   finally:
     gin.clear_config()
   output = capsys.readouterr().out
-  assert "Train step consumption:" in output and "989 TFLOP/s at 50% MFU" in output
+  assert "A100, published: T5 v1.1 base" in output and "128 x (512+114) per 0.56 s" in output
+  assert "H100, our goal:  this model at 45% MFU of 989 TFLOP/s" in output
   (row,) = [line for line in output.splitlines() if line.startswith("smoke_reverse_word")]
-  cache_state, examples_per_second, tokens_per_second, fill, multiple = row.split()[1:]
+  cache_state, examples_per_second, tokens_per_second, fill, x_h100, x_a100 = row.split()[1:]
   assert cache_state == "uncached"  # No BENCH_CACHE_DIR: no cached row.
   assert float(examples_per_second.replace(",", "")) > 0
   assert 0 < float(fill) <= 1
+  tokens_per_second = float(tokens_per_second.replace(",", ""))
+  assert abs(float(x_a100) - tokens_per_second / 143_086) <= 0.006  # printed rounded
+
+
+def test_published_step_time_is_nanot5_on_one_a100():
+  published = input_pipeline.PUBLISHED_T5_BASE
+  assert published.tokens_per_second == 128 * (512 + 114) / 0.56
+  assert round(published.tokens_per_second) == 143_086
 
 
 def test_consumption_is_the_step_flops_at_the_assumed_rate():
@@ -34,6 +43,7 @@ def test_consumption_is_the_step_flops_at_the_assumed_rate():
     model = gin_setup.build_macro("MODEL", "a model gin")
   finally:
     gin.clear_config()
+  assert input_pipeline.GOAL_MFU == 0.45
   consumption = input_pipeline.train_step_consumption(model, 128, 512, 128, 1e15, 0.5)
   assert consumption["tokens_per_step"] == 128 * (512 + 128)
   step_flops = 128 * flops.training_flops(train_step.forward_flops_per_example(model, 512, 128))
