@@ -1,9 +1,12 @@
 """The train-step and compile-time benchmarks run and print sane numbers (no timing assertions)."""
+import types
+
 import gin
 import optax
 import pytest
 
 from instruct_jax.benchmarks import compile_time
+from instruct_jax.benchmarks import matmul_peak
 from instruct_jax.benchmarks import report
 from instruct_jax.benchmarks import train_step
 from instruct_jax import cli
@@ -21,12 +24,25 @@ def test_benchmark_reports_throughput_flops_and_memory():
   expected_flops = 3 * flops.encoder_decoder_forward_flops(model.module.config, 16, 8) * 8
   achieved = results["model_tflops_per_second_per_device"] * 1e12 * 8 * results["seconds_per_step"]
   assert achieved == pytest.approx(expected_flops, rel=1e-6)
-  assert results["mfu"] is None  # CPU peak is unknown, so no MFU is claimed
+  # No published CPU peak: the roofline is a matmul measured at start, and no MFU is claimed.
+  assert "mfu" not in results and results["matmul_peak_source"].startswith("measured")
+  assert results["matmul_peak_tflops_per_second"] > 0
+  assert results["fraction_of_measured_matmul_peak"] == pytest.approx(
+      expected_flops / results["seconds_per_step"]
+      / (results["matmul_peak_tflops_per_second"] * 1e12), rel=1e-6)
   # Our own count of sharded state bytes agrees with XLA's view of the step's arguments
   # (which also holds the small batch and omits pass-through placeholders).
   assert results["state_bytes_per_device"] == pytest.approx(
       results["compiled_argument_bytes_per_device"], rel=0.05)
   assert "tokens_per_second" in report.format_report(results)
+
+
+def test_published_peaks_give_mfu_per_device():
+  h100 = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+  peak = matmul_peak.device_peak(h100)
+  assert peak.published and peak.fraction_name == "mfu"
+  assert peak.fraction(8 * 989e12 / 2, num_devices=8) == pytest.approx(0.5)
+  assert peak.report_lines()["matmul_peak_source"] == "published"
 
 
 def test_bench_command_prints_a_report(capsys):
@@ -38,6 +54,7 @@ def test_bench_command_prints_a_report(capsys):
     gin.clear_config()
   out = capsys.readouterr().out
   assert "tokens_per_second" in out and "model_tflops_per_second_per_device" in out
+  assert "fraction_of_measured_matmul_peak" in out and "matmul_peak_tflops_per_second" in out
 
 
 def test_bench_compile_mode_prints_a_depth_table(capsys):

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from instruct_jax.benchmarks import decode_speed
@@ -62,7 +63,7 @@ def _setup(model: Any) -> tuple[Any, Any]:
 def _common_lines(model: Any, torch: Any, device: Any, rounds: int) -> dict[str, Any]:
   return {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
           "torch_device": str(device), "torch_threads": torch.get_num_threads(),
-          "activation_dtype": str(jax.numpy.dtype(model.module.config.dtype)),
+          "activation_dtype": str(jnp.dtype(model.module.config.dtype)),
           "rounds": rounds}
 
 
