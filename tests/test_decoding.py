@@ -13,6 +13,7 @@ from instruct_jax.models import decoder_only
 from instruct_jax.models import decoding
 from instruct_jax.models import encoder_decoder
 from instruct_jax.models.networks import decoder
+from instruct_jax.models.networks import layers
 from instruct_jax.models.networks import t5
 from instruct_jax.train import partitioning
 from instruct_jax.benchmarks import decode_speed
@@ -151,6 +152,36 @@ def test_max_decode_length_overrides_targets_length(t5_setup, t5_greedy):
   np.testing.assert_array_equal(tokens, t5_greedy[0][:, :3])
 
 
+def test_cross_attention_keys_values_are_projected_once(t5_setup):
+  """The BOS step stores each layer's encoder keys/values; later steps need no encoder outputs."""
+  model, params, batch = t5_setup
+  module, length = model.module, TARGET_LENGTH
+  inputs = batch["encoder_input_tokens"]
+  encoded = module.apply({"params": params}, inputs, enable_dropout=False, method=module.encode)
+  placeholder = np.zeros((ROWS, length), np.int32)
+  _, created = module.apply({"params": params}, encoded, inputs, placeholder, placeholder,
+                            enable_dropout=False, decode=True, max_decode_length=length,
+                            mutable=["cache"], method=module.decode)
+  token = batch["decoder_input_tokens"][:, :1]
+
+  def step(collections, encoded, mutable):
+    return module.apply({"params": params, **collections}, encoded, inputs, token, token,
+                        enable_dropout=False, decode=True, max_decode_length=length,
+                        mutable=mutable, method=module.decode)
+
+  reference, _ = step(created, encoded, ["cache"])  # no cross cache: projected in the step
+  logits, stored = step(created, encoded, ["cache", layers.CROSS_CACHE])
+  cross = stored[layers.CROSS_CACHE]["decoder"]
+  assert set(cross) == {"layers_0", "layers_1"}
+  assert cross["layers_0"]["encoder_decoder_attention"]["cached_key"].shape == (
+      ROWS, INPUT_LENGTH, 4, 8)
+  reused, _ = step({**created, layers.CROSS_CACHE: stored[layers.CROSS_CACHE]}, None, ["cache"])
+  np.testing.assert_allclose(logits, reference, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(reused, reference, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="inputs_kv=None"):
+    step(created, None, ["cache"])
+
+
 def _prompt_lengths(batch):
   return batch["decoder_causal_attention"].sum(axis=1)  # inputs + BOS
 
@@ -220,7 +251,8 @@ _TABLE = np.asarray([
 def _markov(rows):
   log_table = jnp.log(jnp.asarray(_TABLE / _TABLE.sum(1, keepdims=True), jnp.float32))
 
-  def step_fn(tokens, state):
+  def step_fn(tokens, state, context):
+    del context
     return log_table[tokens], {"steps": state["steps"] + 1}
 
   first = jnp.tile(log_table[0], (rows, 1))
@@ -236,6 +268,27 @@ def _sequence_log_prob(tokens):
     total += np.log(probs[last, token])
     last = token
   return total
+
+
+@pytest.mark.parametrize("cfg", [decoding.DecodeConfig(eos_id=1),
+                                 decoding.DecodeConfig(method="sample", top_k=1, eos_id=1),
+                                 decoding.DecodeConfig(method="beam", num_beams=3, eos_id=1)],
+                         ids=["greedy", "sample", "beam"])
+def test_every_step_sees_its_rows_context(cfg):
+  """The context reaches each step unchanged, one copy per beam of its row."""
+  rows, vocab = 3, 6
+
+  def step_fn(tokens, state, context):
+    # Each row only ever wants its own token, given by the context.
+    assert context["wanted"].shape == tokens.shape
+    logits = jnp.where(jnp.arange(vocab) == context["wanted"][:, None], 0.0, -5.0)
+    return logits, state
+
+  wanted = jnp.asarray([2, 4, 5], jnp.int32)
+  first = jnp.where(jnp.arange(vocab) == wanted[:, None], 0.0, -5.0)
+  tokens, _ = decoding.decode(first, {"unused": jnp.zeros((rows,))}, step_fn, max_length=3,
+                              cfg=cfg, rng=jax.random.PRNGKey(0), context={"wanted": wanted})
+  np.testing.assert_array_equal(tokens, np.repeat(np.asarray(wanted)[:, None], 3, axis=1))
 
 
 def test_beam_search_beats_greedy_on_constructed_case():

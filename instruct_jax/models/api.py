@@ -125,8 +125,9 @@ class Model(abc.ABC):
     """Teacher-forced float32 logits [B, L, V] for the decoder targets."""
 
   @abc.abstractmethod
-  def _decoding_setup(self, params: Any, batch: Batch, cfg: decoding.DecodeConfig):
-    """(first_logits, state, step_fn, max_length, limits) for instruct_jax.models.decoding."""
+  def _decoding_setup(self, params: Any, batch: Batch,
+                      cfg: decoding.DecodeConfig) -> decoding.DecodingSetup:
+    """The initial distribution, state, context and step of instruct_jax.models.decoding."""
 
   # ---- loss -----------------------------------------------------------------------
 
@@ -186,9 +187,10 @@ class Model(abc.ABC):
     decode_cfg static (close over it). `rng` is needed for sampling only.
     """
     cfg = (decode_cfg or decoding.DecodeConfig()).for_vocabulary(self.output_vocabulary)
-    first_logits, state, step_fn, max_length, limits = self._decoding_setup(params, batch, cfg)
-    return decoding.decode(first_logits, state, step_fn, max_length=max_length, cfg=cfg,
-                           limits=limits, rng=rng)
+    setup = self._decoding_setup(params, batch, cfg)
+    return decoding.decode(setup.first_logits, setup.state, setup.step_fn,
+                           max_length=setup.max_length, cfg=cfg, limits=setup.limits, rng=rng,
+                           context=setup.context)
 
   @staticmethod
   def _rngs(dropout_rng: Optional[Array]) -> dict[str, Array]:

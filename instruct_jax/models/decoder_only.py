@@ -59,7 +59,8 @@ class DecoderOnlyModel(api.Model):
         decoder_segment_ids=batch.get("decoder_segment_ids"), enable_dropout=False)
     return variables["params"]
 
-  def _decoding_setup(self, params: Any, batch: Batch, cfg: decoding.DecodeConfig):
+  def _decoding_setup(self, params: Any, batch: Batch,
+                      cfg: decoding.DecodeConfig) -> decoding.DecodingSetup:
     """Continues each row after its prompt.
 
     The prompt is the BOS token plus the inputs part of decoder_input_tokens:
@@ -92,7 +93,8 @@ class DecoderOnlyModel(api.Model):
     last_prompt_position = prompt_lengths - 1
 
     if cfg.use_cache:
-      def step_fn(tokens, state):
+      def step_fn(tokens, state, context):
+        del context  # The cache holds everything a step reads.
         logits, mutated = module.apply(
             {"params": params, "cache": api.clip_cache_index(state["cache"], length - 1)},
             tokens[:, None], None, enable_dropout=False, decode=True,
@@ -103,25 +105,24 @@ class DecoderOnlyModel(api.Model):
           variables, prompt, None, decoder_causal_attention=bidirectional,
           enable_dropout=False, decode=True, prefill=True, prefill_lengths=prompt_lengths,
           max_decode_length=length, mutable=["cache"])
-      state = {"cache": mutated["cache"]}
+      state, context = {"cache": mutated["cache"]}, None
     else:
       def forward(buffer, causal_attention):
         return module.apply(variables, buffer, jnp.ones_like(buffer),
                             decoder_causal_attention=causal_attention, enable_dropout=False)
 
-      def step_fn(tokens, state):
+      def step_fn(tokens, state, context):
         index = jnp.minimum(state["index"], length - 1)
         buffer = api.write_tokens(state["decoder_input_tokens"], index, tokens)
-        logits = forward(buffer, state.get("decoder_causal_attention"))
-        return api.at_positions(logits, index), {**state, "decoder_input_tokens": buffer,
+        logits = forward(buffer, context)
+        return api.at_positions(logits, index), {"decoder_input_tokens": buffer,
                                               "index": state["index"] + 1}
 
       logits = forward(prompt, bidirectional)
       state = {"decoder_input_tokens": prompt, "index": prompt_lengths}
-      if bidirectional is not None:
-        state["decoder_causal_attention"] = bidirectional
+      context = bidirectional  # The prefix-LM attention pattern, or None.
     first_logits = api.at_positions(logits, last_prompt_position)
-    return first_logits, state, step_fn, max_length, limits
+    return decoding.DecodingSetup(first_logits, state, step_fn, max_length, limits, context)
 
   def _logits(self, params: Any, batch: Batch, dropout_rng: Optional[Array]) -> Array:
     causal_attention = None

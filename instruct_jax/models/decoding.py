@@ -1,21 +1,25 @@
 """Autoregressive decoding: greedy, temperature / top-k / top-p sampling and beam search.
 
 The search loops here know nothing about networks. A model describes itself
-through three things (see `_decoding_setup` of instruct_jax.models.encoder_decoder and
+through four things (see `_decoding_setup` of instruct_jax.models.encoder_decoder and
 instruct_jax.models.decoder_only, called by api.Model.predict_batch):
 
   first_logits  [batch, vocab] float32: the distribution of the first new token
                 (after the BOS token, or after a decoder-only prompt);
-  state         any pytree whose leaves are batch-major ([batch, ...]), e.g. a
-                KV cache plus the encoder outputs;
-  step_fn       (tokens [n], state) -> (logits [n, vocab], state): appends one
-                token per row and returns the next distribution.
+  state         any pytree whose leaves are batch-major ([batch, ...]) and
+                change as rows grow, e.g. a KV cache;
+  context       any pytree of batch-major leaves that every step reads but none
+                changes, e.g. the encoder's cross-attention keys/values and
+                padding (or None);
+  step_fn       (tokens [n], state, context) -> (logits [n, vocab], state):
+                appends one token per row and returns the next distribution.
 
-Because every state leaf is batch-major, beam search can widen the batch to
-batch * num_beams rows and reorder rows with one gather, whatever the state
-holds. Everything is written with jax.lax.while_loop and static shapes, so a
-whole decode jit-compiles and runs under a device mesh (rows sharded over the
-data axis like training batches).
+Because every leaf is batch-major, beam search can widen the batch to
+batch * num_beams rows. It repeats the context once per beam up front, and
+reorders only the state's rows (one gather per step), since all beams of a row
+share its context. Everything is written with jax.lax.while_loop and static
+shapes, so a whole decode jit-compiles and runs under a device mesh (rows
+sharded over the data axis like training batches).
 
 Outputs: tokens [batch, max_length] int32 without BOS, EOS included, 0 after
 EOS; and one float32 score per row (see `decode`).
@@ -23,18 +27,33 @@ EOS; and one float32 score per row (see `decode`).
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 State = Any
-StepFn = Callable[[Array, State], tuple[Array, State]]
+Context = Any
+StepFn = Callable[[Array, State, Context], tuple[Array, State]]
 
 METHODS = ("greedy", "sample", "beam")
 # Log-probability of impossible beams; finite so that sums never give inf - inf.
 _NEG = -1.0e9
+
+
+class DecodingSetup(NamedTuple):
+  """A model's side of decoding a batch (a family's `_decoding_setup` returns it).
+
+  max_length: new tokens at most; limits: None or [batch] int32 caps per row.
+  The rest is described in the module docstring.
+  """
+  first_logits: Array
+  state: State
+  step_fn: StepFn
+  max_length: int
+  limits: Optional[Array] = None
+  context: Context = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +147,8 @@ def _set_column(buffer: Array, index: Array, values: Array) -> Array:
 
 def sample_decode(first_logits: Array, state: State, step_fn: StepFn, *, max_length: int,
                   cfg: DecodeConfig, limits: Optional[Array] = None,
-                  rng: Optional[Array] = None) -> tuple[Array, Array]:
+                  rng: Optional[Array] = None, context: Context = None
+                  ) -> tuple[Array, Array]:
   """Greedy (cfg.method == "greedy") or sampled decoding of every row.
 
   Row i stops after EOS or after limits[i] tokens. Scores are the summed
@@ -162,7 +182,7 @@ def sample_decode(first_logits: Array, state: State, step_fn: StepFn, *, max_len
     scores = scores + jnp.where(done, 0.0, token_log_prob)
     tokens = _set_column(tokens, i, token)
     done = done | (token == cfg.eos_id) | (i + 1 >= limits)
-    logits, state = step_fn(token, state)
+    logits, state = step_fn(token, state, context)
     return i + 1, tokens, done, scores, logits, state
 
   carry = (jnp.zeros((), jnp.int32), jnp.zeros((batch, max_length), jnp.int32),
@@ -177,7 +197,8 @@ def expand_rows(tree: State, times: int) -> State:
 
 
 def beam_search(first_logits: Array, state: State, step_fn: StepFn, *, max_length: int,
-                cfg: DecodeConfig, limits: Optional[Array] = None) -> tuple[Array, Array]:
+                cfg: DecodeConfig, limits: Optional[Array] = None,
+                context: Context = None) -> tuple[Array, Array]:
   """Beam search with cfg.num_beams beams and the brevity length penalty.
 
   Each step ranks 2 * num_beams continuations of the live beams. Continuations
@@ -205,6 +226,8 @@ def beam_search(first_logits: Array, state: State, step_fn: StepFn, *, max_lengt
       logits=expand_rows(first_logits, beams),
       state=expand_rows(state, beams),
   )
+  # All beams of a row share its context: repeated once here, never reordered.
+  context = expand_rows(context, beams)
   best_possible_penalty = brevity_penalty(cfg.alpha, limits)
 
   def row_done(c):
@@ -248,7 +271,7 @@ def beam_search(first_logits: Array, state: State, step_fn: StepFn, *, max_lengt
 
     rows = (jnp.arange(batch, dtype=jnp.int32)[:, None] * beams + alive_origin).reshape(-1)
     state = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), c["state"])
-    logits, state = step_fn(alive_token.reshape(-1), state)
+    logits, state = step_fn(alive_token.reshape(-1), state, context)
     return dict(i=length, alive_seq=alive_seq, alive_log_probs=alive_log_probs,
                 finished_seq=finished_seq, finished_scores=finished_scores,
                 logits=logits, state=state)
@@ -264,7 +287,7 @@ def beam_search(first_logits: Array, state: State, step_fn: StepFn, *, max_lengt
 
 def decode(first_logits: Array, state: State, step_fn: StepFn, *, max_length: int,
            cfg: DecodeConfig, limits: Optional[Array] = None,
-           rng: Optional[Array] = None) -> tuple[Array, Array]:
+           rng: Optional[Array] = None, context: Context = None) -> tuple[Array, Array]:
   """Runs the configured search; (tokens [batch, max_length], scores [batch]).
 
   Scores: summed token log-probabilities for greedy and sampling; the
@@ -276,6 +299,6 @@ def decode(first_logits: Array, state: State, step_fn: StepFn, *, max_length: in
                      "cfg.for_vocabulary(model.output_vocabulary) before decoding.")
   if cfg.method == "beam":
     return beam_search(first_logits, state, step_fn, max_length=max_length, cfg=cfg,
-                       limits=limits)
+                       limits=limits, context=context)
   return sample_decode(first_logits, state, step_fn, max_length=max_length, cfg=cfg,
-                       limits=limits, rng=rng)
+                       limits=limits, rng=rng, context=context)

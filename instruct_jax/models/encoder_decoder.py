@@ -1,8 +1,9 @@
 """The T5-style encoder-decoder model (networks.t5.Transformer) behind the model API.
 
-Decoding runs the encoder once, then steps the decoder on its KV cache (or,
-with DecodeConfig.use_cache False, recomputes the decoder prefix each step;
-both paths give the same tokens).
+Decoding runs the encoder once and projects its outputs into every decoder
+layer's cross-attention keys/values once, then steps the decoder on its KV
+cache (or, with DecodeConfig.use_cache False, recomputes the decoder prefix
+each step; both paths give the same tokens).
 """
 
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ import seqio
 
 from instruct_jax.models import api
 from instruct_jax.models import decoding
+from instruct_jax.models.networks import layers
 
 Array = jax.Array
 Batch = api.Batch
@@ -55,7 +57,15 @@ class EncoderDecoderModel(api.Model):
         decoder_segment_ids=batch.get("decoder_segment_ids"), enable_dropout=False)
     return variables["params"]
 
-  def _decoding_setup(self, params: Any, batch: Batch, cfg: decoding.DecodeConfig):
+  def _decoding_setup(self, params: Any, batch: Batch,
+                      cfg: decoding.DecodeConfig) -> decoding.DecodingSetup:
+    """Encodes the batch once; the decoding context holds what every step reads of it.
+
+    With the KV cache the context is each layer's cross-attention keys/values
+    (layers.CROSS_CACHE, projected once by the BOS step) and the encoder tokens
+    for the padding mask; the state is the self-attention cache. Without it,
+    the context is the encoder outputs and each step reruns the decoder.
+    """
     module = self.module
     encoder_tokens = jnp.asarray(batch["encoder_input_tokens"], jnp.int32)
     length = cfg.max_decode_length
@@ -69,39 +79,58 @@ class EncoderDecoderModel(api.Model):
     encoded = module.apply(variables, encoder_tokens, enable_dropout=False,
                            method=module.encode)
     rows = encoder_tokens.shape[0]
-    context = {"encoded": encoded, "encoder_input_tokens": encoder_tokens}
+    bos = jnp.zeros((rows,), jnp.int32)
 
     if cfg.use_cache:
-      def step_fn(tokens, state):
+      def cached_step(tokens, cache, context, encoded=None):
+        """One token per row on the KV cache -> (logits, mutated collections).
+
+        Given `encoded` (the BOS step), the cross-attention projects its
+        keys/values into the returned CROSS_CACHE; later steps read them from
+        the context.
+        """
         token = tokens[:, None]
+        cross_cache = {} if encoded is not None else {
+            layers.CROSS_CACHE: context[layers.CROSS_CACHE]}
         logits, mutated = module.apply(
-            {"params": params, "cache": api.clip_cache_index(state["cache"], length - 1)},
-            state["encoded"], state["encoder_input_tokens"], token, token,
-            enable_dropout=False, decode=True, max_decode_length=length, mutable=["cache"],
+            {"params": params, "cache": api.clip_cache_index(cache, length - 1),
+             **cross_cache},
+            encoded, context["encoder_input_tokens"], token, token, enable_dropout=False,
+            decode=True, max_decode_length=length, mutable=["cache", layers.CROSS_CACHE],
             method=module.decode)
-        return logits[:, 0], {**state, "cache": mutated["cache"]}
+        return logits[:, 0], mutated
+
+      def step_fn(tokens, state, context):
+        logits, mutated = cached_step(tokens, state["cache"], context)
+        return logits, {"cache": mutated["cache"]}
 
       placeholder = jnp.zeros((rows, length), jnp.int32)
       cache_shapes = jax.eval_shape(lambda: module.apply(
           variables, encoded, encoder_tokens, placeholder, placeholder, enable_dropout=False,
           decode=True, max_decode_length=length, mutable=["cache"],
           method=module.decode)[1]["cache"])
-      state = {**context, "cache": api.zeros_like_shapes(cache_shapes)}
+      # The BOS step (token 0 at position 0) gives the first distribution.
+      context = {"encoder_input_tokens": encoder_tokens}
+      first_logits, mutated = cached_step(bos, api.zeros_like_shapes(cache_shapes), context,
+                                          encoded)
+      state = {"cache": mutated["cache"]}
+      context[layers.CROSS_CACHE] = mutated[layers.CROSS_CACHE]
     else:
-      def step_fn(tokens, state):
+      def step_fn(tokens, state, context):
         index = jnp.minimum(state["index"], length - 1)
         buffer = api.write_tokens(state["decoder_input_tokens"], index, tokens)
-        logits = module.apply(variables, state["encoded"], state["encoder_input_tokens"],
+        logits = module.apply(variables, context["encoded"], context["encoder_input_tokens"],
                               buffer, jnp.ones_like(buffer), enable_dropout=False,
                               method=module.decode)
-        return api.at_positions(logits, index), {**state, "decoder_input_tokens": buffer,
+        return api.at_positions(logits, index), {"decoder_input_tokens": buffer,
                                               "index": state["index"] + 1}
 
-      state = {**context, "decoder_input_tokens": jnp.zeros((rows, length), jnp.int32),
+      context = {"encoded": encoded, "encoder_input_tokens": encoder_tokens}
+      state = {"decoder_input_tokens": jnp.zeros((rows, length), jnp.int32),
                "index": jnp.zeros((rows,), jnp.int32)}
-    # The BOS step (token 0 at position 0) gives the first distribution.
-    first_logits, state = step_fn(jnp.zeros((rows,), jnp.int32), state)
-    return first_logits, state, step_fn, length, None
+      # The BOS step (token 0 at position 0) gives the first distribution.
+      first_logits, state = step_fn(bos, state, context)
+    return decoding.DecodingSetup(first_logits, state, step_fn, length, context=context)
 
   def _logits(self, params: Any, batch: Batch, dropout_rng: Optional[Array]) -> Array:
     return self.module.apply(

@@ -37,6 +37,9 @@ relpos_embedding_init = nn.initializers.variance_scaling(1.0, "fan_avg", "unifor
 token_embedding_init = nn.initializers.normal(stddev=1.0)
 
 REMAT_POLICIES = ("none", "full", "minimal")
+# Variable collection of keys/values that stay fixed while decoding (cross-attention
+# to the encoder outputs): written once at decode setup, read by every step.
+CROSS_CACHE = "cross_cache"
 
 
 def _as_tuple(x: Union[int, Sequence[int]]) -> tuple[int, ...]:
@@ -62,8 +65,10 @@ class DenseGeneral(nn.Module):
   """Linear map over trailing axes with a 2-D stored kernel [prod(in), prod(out)].
 
   t5x keeps every kernel 2-D in its checkpoints (e.g. attention out is
-  [heads * head_dim, embed]); the kernel is reshaped to
-  `in_dims + features` only for the contraction.
+  [heads * head_dim, embed]). The contraction is one [tokens, prod(in)] x
+  [prod(in), prod(out)] matmul on the flattened inputs: same sums, and its
+  weight gradient needs no transposed copies of the activations, which on
+  XLA:CPU made the batched form's backward pass much slower.
   """
   features: Union[int, Sequence[int]]
   kernel_axes: tuple[str, str]
@@ -81,10 +86,10 @@ class DenseGeneral(nn.Module):
     in_dims = tuple(inputs.shape[a] for a in axis)
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
                         (math.prod(in_dims), math.prod(features)), jnp.float32)
-    kernel = jnp.asarray(kernel, self.dtype).reshape(in_dims + features)
-    inputs = jnp.asarray(inputs, self.dtype)
-    contracting = (axis, tuple(range(len(axis))))
-    return jax.lax.dot_general(inputs, kernel, (contracting, ((), ())))
+    kernel = jnp.asarray(kernel, self.dtype)
+    batch_dims = inputs.shape[:inputs.ndim - len(axis)]
+    matrix = jnp.asarray(inputs, self.dtype).reshape(math.prod(batch_dims), kernel.shape[0])
+    return jnp.dot(matrix, kernel).reshape(batch_dims + features)
 
 
 class Embed(nn.Module):
@@ -237,6 +242,14 @@ class MultiHeadDotProductAttention(nn.Module):
       [1, heads, cache_length, cache_length] table; the current row is taken.
   The per-example index lets prompts of different lengths share one batch and
   makes every cache leaf batch-major (easy to expand for beam search).
+
+  Cross-attention cache (decode=True and static_kv=True, collection
+  CROSS_CACHE): `inputs_kv` (the encoder outputs) is the same at every step, so
+  its keys/values are projected once, by a call in which that collection is
+  mutable, and stored as cached_key / cached_value [batch, kv_len, kv_heads,
+  head_dim]. Later calls read them and may pass inputs_kv=None. Without the
+  collection (neither present nor mutable) the keys/values are projected as
+  usual.
   """
   num_heads: int
   head_dim: int
@@ -262,13 +275,16 @@ class MultiHeadDotProductAttention(nn.Module):
                decode: bool = False,
                prefill: bool = False,
                prefill_lengths: Optional[Array] = None,
-               max_decode_length: Optional[int] = None) -> Array:
+               max_decode_length: Optional[int] = None,
+               static_kv: bool = False) -> Array:
     """[batch, q_len, embed] attending to [batch, kv_len, embed] -> [batch, q_len, embed].
 
     mask: [batch, 1, q_len, kv_len] (nonzero = may attend); bias: broadcastable
     to [batch, heads, q_len, kv_len], added to the logits. positions:
     [batch, q_len] int, for the rotary encoding and the window (default
     0, 1, ...; packed rows pass positions that restart in every segment).
+    static_kv: inputs_kv does not change between decode steps (see the
+    cross-attention cache above); only read with decode=True.
     """
     attention.check_implementation(self.implementation)
     depth_scaling = math.sqrt(self.head_dim)
@@ -284,11 +300,13 @@ class MultiHeadDotProductAttention(nn.Module):
     kv_heads = self.num_kv_heads or self.num_heads
     query = projection(self.num_heads, self.kernel_init if self.scale_logits else query_init,
                        "query")(inputs_q)
-    key = projection(kv_heads, self.kernel_init, "key")(inputs_kv)
-    value = projection(kv_heads, self.kernel_init, "value")(inputs_kv)
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
-    key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
-    value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+    key_projection = projection(kv_heads, self.kernel_init, "key")
+    value_projection = projection(kv_heads, self.kernel_init, "value")
+    if decode and static_kv:
+      key, value = self._static_keys_values(inputs_kv, key_projection, value_projection)
+    else:
+      key, value = _project(inputs_kv, key_projection), _project(inputs_kv, value_projection)
 
     cached_step = decode and not prefill and self.has_variable("cache", "cached_key")
     if self.rotary is not None or self.sliding_window is not None:
@@ -300,7 +318,7 @@ class MultiHeadDotProductAttention(nn.Module):
     if self.rotary is not None:
       query, key = self.rotary(query, positions), self.rotary(key, positions)
 
-    if decode:
+    if decode and not static_kv:
       key, value, mask, bias = self._use_cache(key, value, mask, bias, prefill,
                                                prefill_lengths, max_decode_length)
     if self.sliding_window is not None:
@@ -326,6 +344,21 @@ class MultiHeadDotProductAttention(nn.Module):
     out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1),
                        dtype=self.dtype, kernel_init=self.kernel_init, name="out")(x)
     return nn.with_logical_constraint(out, ("batch", "length", "embed"))
+
+  def _static_keys_values(self, inputs_kv, key_projection, value_projection):
+    """Keys/values of the unchanging inputs_kv: from CROSS_CACHE, or projected (and stored)."""
+    if self.has_variable(CROSS_CACHE, "cached_key"):
+      return (self.get_variable(CROSS_CACHE, "cached_key"),
+              self.get_variable(CROSS_CACHE, "cached_value"))
+    if inputs_kv is None:
+      raise ValueError("Cross-attention got inputs_kv=None but has no cached keys/values; "
+                       f"pass the encoder outputs, or the '{CROSS_CACHE}' collection that a "
+                       "first decode call made mutable returned.")
+    key, value = _project(inputs_kv, key_projection), _project(inputs_kv, value_projection)
+    if self.is_mutable_collection(CROSS_CACHE):
+      self.put_variable(CROSS_CACHE, "cached_key", key)
+      self.put_variable(CROSS_CACHE, "cached_value", value)
+    return key, value
 
   def _use_cache(self, key, value, mask, bias, prefill, prefill_lengths, max_decode_length):
     batch, length, heads, head_dim = key.shape
@@ -378,6 +411,11 @@ class MultiHeadDotProductAttention(nn.Module):
       # Row `index` of the (shared) bias table for every example: [batch, heads, 1, cache].
       bias = jnp.take(bias[0], index, axis=1).transpose(1, 0, 2)[:, :, None, :]
     return key, value, mask, bias
+
+
+def _project(inputs: Array, projection: nn.Module) -> Array:
+  """[batch, len, embed] -> keys or values [batch, len, heads, head_dim]."""
+  return nn.with_logical_constraint(projection(inputs), ("batch", "length", "heads", "kv"))
 
 
 def decoder_attention_mask(decoder_target_tokens: Array,

@@ -9,9 +9,9 @@ checkpoints.layer_layout maps params between the two layouts.
 In both layouts the remat policy wraps each layer, so under a scan only one
 layer's activations are rematerialised at a time.
 
-A KV cache ("cache" collection) is stacked on axis 1, after the batch, so every
-cache leaf stays batch-major as models.decoding expects (beam search widens
-and reorders rows along axis 0).
+A KV cache ("cache" and layers.CROSS_CACHE collections) is stacked on axis 1,
+after the batch, so every cache leaf stays batch-major as models.decoding
+expects (beam search widens and reorders rows along axis 0).
 
 Forward and backward passes match the unrolled stack to float32 round-off, and
 so does training with element-wise optimizers (SGD, Adam), factored second
@@ -60,7 +60,8 @@ def run_layers(layer_cls: type[nn.Module], config: Any, num_layers: int, inputs:
     return x
   scanned = nn.scan(
       _carry_through,
-      variable_axes={"params": _PARAMS_LAYER_AXIS, "cache": _CACHE_LAYER_AXIS},
+      variable_axes={"params": _PARAMS_LAYER_AXIS, "cache": _CACHE_LAYER_AXIS,
+                     layers.CROSS_CACHE: _CACHE_LAYER_AXIS},
       split_rngs={"params": True, "dropout": True},
       in_axes=(nn.broadcast,) * len(args),
       length=num_layers,

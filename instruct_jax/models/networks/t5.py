@@ -94,7 +94,7 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, inputs: Array, encoded: Array, decoder_bias: Array,
+  def __call__(self, inputs: Array, encoded: Optional[Array], decoder_bias: Array,
                decoder_mask: Optional[Array], encoder_decoder_mask: Optional[Array],
                deterministic: bool = False, decode: bool = False, prefill: bool = False,
                prefill_lengths: Optional[Array] = None,
@@ -106,8 +106,10 @@ class DecoderLayer(nn.Module):
         prefill=prefill, prefill_lengths=prefill_lengths, max_decode_length=max_decode_length)
     x = _dropout(cfg)(x, deterministic=deterministic) + inputs
     y = layers.RMSNorm(dtype=cfg.activation_dtype, name="pre_cross_attention_layer_norm")(x)
+    # While decoding, the encoder's keys/values are projected once (layers.CROSS_CACHE).
     y = _attention(cfg, "encoder_decoder_attention")(y, encoded, encoder_decoder_mask,
-                                                     deterministic=deterministic)
+                                                     deterministic=deterministic,
+                                                     decode=decode, static_kv=True)
     y = _dropout(cfg)(y, deterministic=deterministic) + x
     z = layers.RMSNorm(dtype=cfg.activation_dtype, name="pre_mlp_layer_norm")(y)
     z = _mlp(cfg)(z, deterministic=deterministic)
@@ -139,7 +141,7 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded: Array, decoder_input_tokens: Array,
+  def __call__(self, encoded: Optional[Array], decoder_input_tokens: Array,
                decoder_mask: Optional[Array], encoder_decoder_mask: Optional[Array],
                deterministic: bool = False, decode: bool = False, prefill: bool = False,
                prefill_lengths: Optional[Array] = None,
@@ -191,7 +193,8 @@ class Transformer(nn.Module):
           encoder_segment_ids, encoder_segment_ids, jnp.equal, dtype=jnp.bool_), dtype=jnp.bool_)
     return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
 
-  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+  def decode(self, encoded: Optional[Array], encoder_input_tokens: Array,
+             decoder_input_tokens: Array,
              decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
              decoder_segment_ids: Optional[Array] = None,
              decoder_positions: Optional[Array] = None, enable_dropout: bool = True,
@@ -203,6 +206,9 @@ class Transformer(nn.Module):
     a first call with full-length tokens creates it, then one token per call
     (pass max_decode_length = cache length). prefill=True instead writes a
     forced decoder prefix of `prefill_lengths` tokens per example in one go.
+    A decode=True call with the layers.CROSS_CACHE collection mutable also
+    stores every layer's cross-attention keys/values of `encoded`; calls given
+    that collection back may pass encoded=None.
     """
     del decoder_positions
     _check_tokens("decoder_input_tokens", decoder_input_tokens)
