@@ -22,12 +22,14 @@ def test_bench_input_mode_prints_the_uncached_rate(capsys):
   assert "A100, published: T5 v1.1 base" in output and "128 x (512+114) per 0.56 s" in output
   assert "H100, our goal:  this model at 45% MFU of 989 TFLOP/s" in output
   (row,) = [line for line in output.splitlines() if line.startswith("smoke_reverse_word")]
-  cache_state, examples_per_second, tokens_per_second, fill, x_h100, x_a100 = row.split()[1:]
+  cache_state, examples_per_second, tokens_per_second, fill, x_h100, x_a100, per_cpu_second = (
+      row.split()[1:])
   assert cache_state == "uncached"  # No BENCH_CACHE_DIR: no cached row.
   assert float(examples_per_second.replace(",", "")) > 0
   assert 0 < float(fill) <= 1
   tokens_per_second = float(tokens_per_second.replace(",", ""))
   assert abs(float(x_a100) - tokens_per_second / 143_086) <= 0.006  # printed rounded
+  assert float(per_cpu_second.replace(",", "")) > 0
 
 
 def test_published_step_time_is_nanot5_on_one_a100():

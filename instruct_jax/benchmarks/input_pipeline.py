@@ -78,6 +78,7 @@ class PipelineRate:
   examples_per_second: float
   tokens_per_second: float       # positions, padding included (what a step consumes)
   fill: float                    # fraction of positions holding real tokens
+  tokens_per_cpu_second: float   # positions per second of this process's CPU time
 
 
 def _examples_in(batch: Mapping[str, np.ndarray]) -> int:
@@ -95,20 +96,23 @@ def time_pipeline(cfg: pipeline.DatasetConfig, feature_converter: seqio.FeatureC
   """Rate of `batches` batches of the training pipeline, after a first untimed one.
 
   The first batch builds the tf.data graphs and fills shuffle buffers, a one-off cost.
+  Besides wall-clock rates, positions per CPU-second (all of the process's threads)
+  tell what one core delivers: steadier than wall time on a shared machine, and what
+  scales with a training host's cores while tf.data has parallel work for them.
   """
   iterator = pipeline.get_dataset(cfg, 0, 1, feature_converter).as_numpy_iterator()
   next(iterator)
   examples = positions = real = 0
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for _ in range(batches):
     batch = next(iterator)
     examples += _examples_in(batch)
     tokens = _token_features(batch)
     positions += sum(t.size for t in tokens)
     real += sum(int(np.count_nonzero(t)) for t in tokens)
-  seconds = time.perf_counter() - start
+  seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   return PipelineRate(cfg.mixture_or_task_name, cfg.use_cached, examples / seconds,
-                      positions / seconds, real / max(positions, 1))
+                      positions / seconds, real / max(positions, 1), positions / cpu_seconds)
 
 
 def train_step_consumption(model: Any, batch_size: int, input_length: int, target_length: int,
@@ -176,11 +180,12 @@ def format_table(results: Mapping[str, Any]) -> str:
       f"({INPUT_GOAL_MULTIPLE * max(goal, published.tokens_per_second):,.0f}/s).",
       "",
       f"{'mixture':<{width}}  {'cache':>8}  {'examples/s':>11}  {'tokens/s':>11}  {'fill':>5}  "
-      f"{'x H100':>7}  {'x A100':>7}",
+      f"{'x H100':>7}  {'x A100':>7}  {'tokens/CPU-s':>12}",
   ]
   for r in results["rates"]:
     lines.append(f"{r.mixture:<{width}}  {'cached' if r.cached else 'uncached':>8}  "
                  f"{r.examples_per_second:>11,.0f}  {r.tokens_per_second:>11,.0f}  "
                  f"{r.fill:>5.2f}  {r.tokens_per_second / goal:>7.2f}  "
-                 f"{r.tokens_per_second / published.tokens_per_second:>7.2f}")
+                 f"{r.tokens_per_second / published.tokens_per_second:>7.2f}  "
+                 f"{r.tokens_per_cpu_second:>12,.0f}")
   return "\n".join(lines)
