@@ -52,11 +52,16 @@ def _alternate(rounds: int, ours: Callable[[], Any], theirs: Callable[[], Any]
   return statistics.median(seconds[0]), statistics.median(seconds[1])
 
 
-def _setup(model: Any) -> tuple[Any, Any]:
-  """torch and its device, after checking the model family and sizing torch's CPU threads."""
+def _setup(model: Any, torch_threads: int | None) -> tuple[Any, Any]:
+  """torch and its device, after checking the model family and sizing torch's CPU threads.
+
+  torch_threads None: as many as the cores XLA uses. On a host shared with other
+  busy processes, torch's OpenMP threads can lose far more to waiting on a
+  descheduled peer than XLA's pool does; a smaller count shows whether that is so.
+  """
   torch, _ = hf_reference.import_torch_and_transformers()
   hf_reference.check_supported(model)
-  torch.set_num_threads(hf_reference.cpu_threads())
+  torch.set_num_threads(torch_threads or hf_reference.cpu_threads())
   return torch, hf_reference.torch_device(torch)
 
 
@@ -86,10 +91,10 @@ def benchmark_train_against_hf(model: Any, optimizer: Any, optimizer_name: str,
                                batch_size: int = 8, input_length: int = 512,
                                target_length: int = 128, rounds: int = 5,
                                num_partitions: int = 1, parameter_partitioning_dims: int = 1,
-                               warmup_steps: int = 2, learning_rate: float = 1e-3
-                               ) -> dict[str, Any]:
+                               warmup_steps: int = 2, learning_rate: float = 1e-3,
+                               torch_threads: int | None = None) -> dict[str, Any]:
   """Median step times of ours and transformers' on the same batch, alternating."""
-  torch, device = _setup(model)
+  torch, device = _setup(model, torch_threads)
   peak = matmul_peak.device_peak()
   prepared = train_step.prepare_train_step(model, optimizer, batch_size, input_length,
                                            target_length, num_partitions,
@@ -181,9 +186,10 @@ def benchmark_decode_against_hf(model: Any, batch_size: int = 8, input_length: i
                                 num_beams: int = 4,
                                 methods: tuple[str, ...] = ("greedy", "beam"),
                                 num_partitions: int = 1,
-                                parameter_partitioning_dims: int = 1) -> dict[str, Any]:
+                                parameter_partitioning_dims: int = 1,
+                                torch_threads: int | None = None) -> dict[str, Any]:
   """Median whole-batch decode times of ours and transformers' generate, alternating."""
-  torch, device = _setup(model)
+  torch, device = _setup(model, torch_threads)
   prepared = decode_speed.prepare_decode(model, batch_size, input_length, target_length,
                                          num_partitions, parameter_partitioning_dims)
   hf_model = hf_reference.build(model, prepared.params).eval()
