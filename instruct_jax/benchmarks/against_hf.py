@@ -153,10 +153,15 @@ def _hf_generate(model: Any, hf_model: Any, torch: Any, device: Any,
                  host_batch: dict[str, np.ndarray], input_length: int, target_length: int,
                  num_beams: int) -> Callable[[], np.ndarray]:
   """A call of transformers' generate on our prompts that returns the new tokens."""
+  _, transformers = hf_reference.import_torch_and_transformers()
+  config = model.module.config
+  growing_cache = False
   if hf_reference.is_encoder_decoder(model):
     prompts = host_batch["encoder_input_tokens"]
     extra = {"decoder_start_token_id": 0}
     first_new = 1  # generate's output starts with the decoder start token
+    # transformers sizes T5's default KV cache by the encoder's depth; a growing one fits.
+    growing_cache = config.num_decoder_layers != config.num_encoder_layers
   else:  # the prompt and its BOS slot (decode_speed._decode_batch)
     prompts = host_batch["decoder_input_tokens"][:, :input_length + 1]
     extra = {}
@@ -164,6 +169,10 @@ def _hf_generate(model: Any, hf_model: Any, torch: Any, device: Any,
   input_ids = torch.tensor(prompts, dtype=torch.long, device=device)
 
   def generate() -> np.ndarray:
+    if growing_cache:
+      cache_utils = transformers.cache_utils
+      extra["cache"] = cache_utils.EncoderDecoderCache(cache_utils.DynamicCache(),
+                                                       cache_utils.DynamicCache())
     with torch.no_grad(), hf_reference.autocast(torch, model):
       output = hf_model.generate(
           input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
