@@ -395,9 +395,13 @@ class MultiHeadDotProductAttention(nn.Module):
                        f"has batch {batch}; expand the cache (e.g. for beam search) first.")
     index = cache_index.value
     positions = jnp.arange(cache_length, dtype=jnp.int32)
-    write = (positions[None, :] == index[:, None])[:, :, None, None]
-    key = jnp.where(write, key.astype(cached_key.value.dtype), cached_key.value)
-    value = jnp.where(write, value.astype(cached_value.value.dtype), cached_value.value)
+    # A scatter of one slot per example updates the cache in place (a select over
+    # the whole cache would rewrite it every step); an index past the end writes nothing.
+    rows = jnp.arange(batch, dtype=jnp.int32)
+    key = cached_key.value.at[rows, index].set(key[:, 0].astype(cached_key.value.dtype),
+                                               mode="drop")
+    value = cached_value.value.at[rows, index].set(value[:, 0].astype(cached_value.value.dtype),
+                                                   mode="drop")
     cached_key.value, cached_value.value = key, value
     cache_index.value = index + 1
 
