@@ -155,28 +155,6 @@ def test_same_seed_same_batches_other_seed_different():
   assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_speed_options_leave_the_batches_as_seqio_makes_them():
-  """get_dataset (fused maps, parallel batching, prefetch) == plain seqio.get_dataset.
-
-  A shuffled, packed mixture: the same examples, packed together, in the same order.
-  """
-  cfg = config(batch_size=8, pack=True, seed=5)
-  converter = seqio.EncDecFeatureConverter(pack=True)
-  fast = pipeline.get_dataset(cfg, 0, 1, converter)
-  assert fast.options().experimental_optimization.map_fusion
-  assert fast.options().deterministic
-  plain = seqio.get_dataset(
-      pipeline.get_task_or_mixture(cfg.mixture_or_task_name, cfg.module), LENGTHS,
-      dataset_split="train", shuffle=True, num_epochs=None, seed=5, batch_size=8,
-      shard_info=seqio.ShardInfo(index=0, num_shards=1), feature_converter=converter)
-  assert not plain.options().experimental_optimization.map_fusion
-  for got, expected in zip(fast.take(6).as_numpy_iterator(),
-                           plain.take(6).as_numpy_iterator()):
-    assert got.keys() == expected.keys()
-    for name in expected:
-      np.testing.assert_array_equal(got[name], expected[name])
-
-
 # ---------------------------------------------------- GlobalBatchIterator
 
 

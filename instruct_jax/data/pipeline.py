@@ -5,9 +5,6 @@ Each host reads only its shard of the examples (seqio.ShardInfo) and batches
 batches into global arrays laid out with the trainer's batch sharding. The
 tf.data iterator state is saved per process so a restarted job continues with
 exactly the first batch it has not seen yet.
-
-Every dataset built here carries fast_and_ordered_options(): tf.data
-optimizations that change how fast elements come, never which ones or their order.
 """
 from __future__ import annotations
 
@@ -160,32 +157,9 @@ def get_dataset(cfg: DatasetConfig, shard_id: int, num_shards: int,
   """
   _check_packing(cfg, feature_converter)
   provider = provider_of(cfg)
-  dataset = _seqio_dataset(provider, cfg, shard_id, num_shards, feature_converter,
-                           num_epochs=None if repeat else 1,
-                           batch_size=per_host_batch_size(cfg.batch_size, num_shards))
-  # Batches are made while the caller works on the previous ones; the prefetched
-  # ones are part of the iterator's saved state, so resuming stays exact.
-  return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def fast_and_ordered_options() -> tf.data.Options:
-  """tf.data options that speed the host pipeline up without touching its output.
-
-  seqio chains many small per-example maps (post-cache preprocessors, trimming,
-  feature checks, mixing, the feature converter); tf.data runs each as its own
-  parallel stage unless `map_fusion` merges consecutive ones, and copies batches
-  on one thread unless `parallel_batch`. With the prefetch after batching they
-  made the cached, packed FLAN pipeline 1.7x faster on two busy cores (1.25x per
-  CPU-second; benchmarks/input_pipeline.py). Fused functions are
-  the same functions composed, so the elements are identical; `deterministic`
-  stays True because resuming a run relies on the exact order
-  (GlobalBatchIterator.restore) and so does reproducing one from its seed.
-  """
-  options = tf.data.Options()
-  options.deterministic = True
-  options.experimental_optimization.map_fusion = True
-  options.experimental_optimization.parallel_batch = True
-  return options
+  return _seqio_dataset(provider, cfg, shard_id, num_shards, feature_converter,
+                        num_epochs=None if repeat else 1,
+                        batch_size=per_host_batch_size(cfg.batch_size, num_shards))
 
 
 def _seqio_dataset(provider: seqio.DatasetProviderBase, cfg: DatasetConfig, shard_id: int,
@@ -193,7 +167,7 @@ def _seqio_dataset(provider: seqio.DatasetProviderBase, cfg: DatasetConfig, shar
                    num_epochs: int | None, batch_size: int | None = None
                    ) -> tf.data.Dataset:
   """seqio.get_dataset of `provider` with the config's lengths, split, caching and seed."""
-  dataset = seqio.get_dataset(
+  return seqio.get_dataset(
       provider,
       task_feature_lengths=cfg.task_feature_lengths,
       feature_converter=feature_converter,
@@ -205,7 +179,6 @@ def _seqio_dataset(provider: seqio.DatasetProviderBase, cfg: DatasetConfig, shar
       seed=cfg.seed,
       batch_size=batch_size,
   )
-  return dataset.with_options(fast_and_ordered_options())
 
 
 def model_input_shapes(cfg: DatasetConfig,
