@@ -43,7 +43,7 @@ from instruct_jax.data import pipeline
 from instruct_jax.models import flops
 from instruct_jax.train import trainer as trainer_lib
 
-H100_BF16_FLOPS = 989e12
+H100_BF16_FLOPS = dict(flops.PEAK_BF16_FLOPS)["h100"]  # SXM, from the table MFU uses
 GOAL_MFU = 0.45          # issue 17: T5 base/large on H100/H200
 INPUT_GOAL_MULTIPLE = 5  # issue 16: input at least 5x the train step's consumption
 
