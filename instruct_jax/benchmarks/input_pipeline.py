@@ -25,8 +25,15 @@ printed, in token positions per second per accelerator (padding included: a pack
   tokens per step as `instruct-jax bench` counts them, its training FLOPs from
   models.flops) on an H100 SXM (989 dense bf16 TFLOP/s, NVIDIA's datasheet) at 45 % MFU,
   issue 17's goal for T5 base on H100. For T5 v1.1 base, batch 128, 512/128 packed:
-  81,920 positions per 126 ms step = 651k positions/s per accelerator. It is the more
-  demanding line, so the 5x goal is judged against it.
+  81,920 positions per 126 ms step = 651k positions/s per accelerator.
+
+The 5x goal is judged against the published line, as issue 16 prescribes (a published
+step time, not our own target). Our H100 line is a target, not a measurement, and a
+wall-clock rate on this machine says little about a training host with tens of cores
+per accelerator, so for it the table prints what transfers between machines: the CPU
+cores per accelerator a host needs to feed 5x that line at this pipeline's positions per
+CPU-second. That assumes the pipeline's parallel work (tf.data's parallel reads and maps)
+keeps the cores busy; a DGX H100 host has 112 cores for 8 GPUs, 14 per GPU.
 """
 from __future__ import annotations
 
@@ -161,6 +168,12 @@ def _all_cached(cfg: pipeline.DatasetConfig) -> bool:
   return True
 
 
+def cores_to_feed(consumption: float, tokens_per_cpu_second: float,
+                  multiple: float = INPUT_GOAL_MULTIPLE) -> float:
+  """CPU cores per accelerator that deliver `multiple` x its consumption (module doc)."""
+  return multiple * consumption / tokens_per_cpu_second
+
+
 def format_table(results: Mapping[str, Any]) -> str:
   """Rates next to both consumption lines (module doc) and the 5x goal."""
   consumption, published = results["consumption"], results["published"]
@@ -176,16 +189,20 @@ def format_table(results: Mapping[str, Any]) -> str:
       f"of {results['peak_flops'] / 1e12:.0f} TFLOP/s (issue 17): "
       f"{consumption['tokens_per_step']:,} per {consumption['seconds_per_step'] * 1e3:.0f} ms "
       f"step = {goal:,.0f}/s",
-      f"Goal: input >= {INPUT_GOAL_MULTIPLE}x the larger line "
-      f"({INPUT_GOAL_MULTIPLE * max(goal, published.tokens_per_second):,.0f}/s).",
+      f"Goal (issue 16): input >= {INPUT_GOAL_MULTIPLE}x the published line "
+      f"({INPUT_GOAL_MULTIPLE * published.tokens_per_second:,.0f}/s); for our H100 line, "
+      f"the CPU cores per accelerator that feed {INPUT_GOAL_MULTIPLE}x it at this "
+      f"pipeline's tokens/CPU-s (cores/H100).",
       "",
       f"{'mixture':<{width}}  {'cache':>8}  {'examples/s':>11}  {'tokens/s':>11}  {'fill':>5}  "
-      f"{'x H100':>7}  {'x A100':>7}  {'tokens/CPU-s':>12}",
+      f"{'x A100':>7}  {'goal':>4}  {'x H100':>7}  {'tokens/CPU-s':>12}  {'cores/H100':>10}",
   ]
   for r in results["rates"]:
+    times_published = r.tokens_per_second / published.tokens_per_second
     lines.append(f"{r.mixture:<{width}}  {'cached' if r.cached else 'uncached':>8}  "
                  f"{r.examples_per_second:>11,.0f}  {r.tokens_per_second:>11,.0f}  "
-                 f"{r.fill:>5.2f}  {r.tokens_per_second / goal:>7.2f}  "
-                 f"{r.tokens_per_second / published.tokens_per_second:>7.2f}  "
-                 f"{r.tokens_per_cpu_second:>12,.0f}")
+                 f"{r.fill:>5.2f}  {times_published:>7.2f}  "
+                 f"{'met' if times_published >= INPUT_GOAL_MULTIPLE else 'no':>4}  "
+                 f"{r.tokens_per_second / goal:>7.2f}  {r.tokens_per_cpu_second:>12,.0f}  "
+                 f"{cores_to_feed(goal, r.tokens_per_cpu_second):>10.1f}")
   return "\n".join(lines)
