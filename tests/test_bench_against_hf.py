@@ -62,7 +62,8 @@ def test_decode_prints_both_rates_and_identical_weights_give_identical_greedy_to
   deeper_decoder = ["--gin.t5.T5Config.num_decoder_layers=3"] if family == "t5" else []
   report = _bench(capsys, family, "--mode=decode", "--num_beams=2", *deeper_decoder)
   for name in ("greedy", "beam2"):
-    for suffix in ("ours_tokens_per_second", "hf_tokens_per_second", "ours_over_hf"):
+    for suffix in ("ours_tokens_per_second", "hf_tokens_per_second", "ours_over_hf",
+                   "floor_tokens_per_second", "ours_fraction_of_floor", "hf_fraction_of_floor"):
       assert _number(report, f"{name}_{suffix}") > 0, f"{name}_{suffix}"
     assert 0 <= _number(report, f"{name}_token_agreement") <= 1
   assert _number(report, "greedy_token_agreement") == 1.0

@@ -5,7 +5,8 @@ sides run alternately in one process, ours then Hugging Face's for `rounds`
 rounds after a warm-up of each, so load from other processes falls on both
 alike; the report gives median times, both rates and `ours_over_hf` (our
 tokens/s over theirs: above 1 means we are faster). The train step also
-reports each side's fraction of the device's matmul peak (benchmarks/matmul_peak).
+reports each side's fraction of the device's matmul peak (benchmarks/matmul_peak),
+decoding each side's fraction of the device's decode floor (benchmarks/decode_roofline).
 
 Train: one optimizer step on one packed batch; Hugging Face runs forward,
 token-level cross entropy, backward and the matching torch optimizer step
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instruct_jax.benchmarks import decode_roofline
 from instruct_jax.benchmarks import decode_speed
 from instruct_jax.benchmarks import hf_reference
 from instruct_jax.benchmarks import matmul_peak
@@ -202,10 +204,14 @@ def benchmark_decode_against_hf(model: Any, batch_size: int = 8, input_length: i
   prepared = decode_speed.prepare_decode(model, batch_size, input_length, target_length,
                                          num_partitions, parameter_partitioning_dims)
   hf_model = hf_reference.build(model, prepared.params).eval()
+  roofline = decode_roofline.Roofline.of_device()
   results = {**_common_lines(model, torch, device, rounds), "batch_size": batch_size,
-             "input_length": input_length, "target_length": target_length}
+             "input_length": input_length, "target_length": target_length,
+             **roofline.report_lines()}
   for method in methods:
     beams = num_beams if method == "beam" else 1
+    floor = roofline.floor_tokens_per_second(model.module.config,
+                                             prepared.roofline_shape(beams), len(jax.devices()))
     ours, _ = prepared.compile(decode_speed.decode_config(method, target_length, num_beams))
     theirs = _hf_generate(model, hf_model, torch, device, prepared.host_batch, input_length,
                           target_length, beams)
@@ -218,5 +224,8 @@ def benchmark_decode_against_hf(model: Any, batch_size: int = 8, input_length: i
         f"{name}_hf_tokens_per_second": new_tokens / hf_seconds,
         f"{name}_ours_over_hf": hf_seconds / our_seconds,
         f"{name}_token_agreement": agreement,
+        f"{name}_floor_tokens_per_second": floor,
+        f"{name}_ours_fraction_of_floor": new_tokens / our_seconds / floor,
+        f"{name}_hf_fraction_of_floor": new_tokens / hf_seconds / floor,
     })
   return results

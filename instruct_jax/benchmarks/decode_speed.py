@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from instruct_jax.benchmarks import decode_roofline
 from instruct_jax.benchmarks import train_step
 from instruct_jax.models import decoding
 from instruct_jax.train import partitioning
@@ -39,6 +40,16 @@ class PreparedDecode:
   params: Any
   batch: dict[str, jax.Array]
   host_batch: dict[str, np.ndarray]
+  input_length: int
+  target_length: int
+
+  def roofline_shape(self, num_beams: int) -> decode_roofline.DecodeShape:
+    """What decoding this batch with `num_beams` rows per example does, for its floor."""
+    weight_bytes = max(x.dtype.itemsize for x in jax.tree_util.tree_leaves(self.params))
+    return decode_roofline.DecodeShape(
+        len(next(iter(self.host_batch.values()))), num_beams, self.input_length,
+        self.target_length, "encoder_input_tokens" in self.host_batch, weight_bytes,
+        self.model.module.config.activation_dtype.itemsize)
 
   def compile(self, cfg: decoding.DecodeConfig) -> tuple[Callable[[], Any], float]:
     """(a call that decodes the batch and returns its tokens on the host, compile seconds)."""
@@ -68,7 +79,8 @@ def prepare_decode(model: Any, batch_size: int, input_length: int, target_length
         rng, {k: v.shape for k, v in host_batch.items()})), out_shardings=shardings)(
             jax.random.PRNGKey(0))
   batch = {k: jax.device_put(v, partitioner.batch_sharding) for k, v in host_batch.items()}
-  return PreparedDecode(model, partitioner, shardings, params, batch, host_batch)
+  return PreparedDecode(model, partitioner, shardings, params, batch, host_batch, input_length,
+                        target_length)
 
 
 def decode_config(method: str, target_length: int, num_beams: int,
@@ -87,13 +99,22 @@ def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
                      parameter_partitioning_dims: int = 1, num_beams: int = 4,
                      methods: tuple[str, ...] = ("greedy", "beam"),
                      use_cache: tuple[bool, ...] = (True, False)) -> dict[str, Any]:
-  """Times whole-batch decodes (compilation excluded) for each method x cache setting."""
+  """Times whole-batch decodes (compilation excluded) for each method x cache setting.
+
+  Cached decodes also report their fraction of the device's decode floor
+  (benchmarks/decode_roofline).
+  """
   prepared = prepare_decode(model, batch_size, input_length, target_length, num_partitions,
                             parameter_partitioning_dims)
+  roofline = decode_roofline.Roofline.of_device()
   results = {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
              "batch_size": batch_size, "input_length": input_length,
-             "target_length": target_length}
+             "target_length": target_length, **roofline.report_lines()}
   for method in methods:
+    beams = num_beams if method == "beam" else 1
+    floor = roofline.floor_tokens_per_second(model.module.config,
+                                             prepared.roofline_shape(beams), len(jax.devices()))
+    results[f"{method_name(method, num_beams)}_floor_tokens_per_second"] = floor
     for cached in use_cache:
       decode, compile_seconds = prepared.compile(
           decode_config(method, target_length, num_beams, cached))
@@ -106,4 +127,6 @@ def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
       results[f"{name}_seconds_per_batch"] = seconds
       results[f"{name}_tokens_per_second"] = batch_size * target_length / seconds
       results[f"{name}_compile_seconds"] = compile_seconds
+      if cached:  # the floor assumes the KV cache
+        results[f"{name}_fraction_of_floor"] = batch_size * target_length / seconds / floor
   return results

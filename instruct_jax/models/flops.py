@@ -66,7 +66,8 @@ def _mlp_flops(config: Any, length: int) -> int:
   return (num_wi + 1) * _matmul(length, config.emb_dim, config.mlp_dim)
 
 
-def _lm_head_flops(config: Any, length: int) -> int:
+def lm_head_flops(config: Any, length: int) -> int:
+  """The projection of `length` positions to vocabulary logits."""
   return _matmul(length, config.emb_dim, config.vocab_size)
 
 
@@ -92,7 +93,7 @@ def encoder_decoder_forward_flops(
       _mlp_flops(config, target_length))
   return (config.num_encoder_layers * encoder_layer +
           config.num_decoder_layers * decoder_layer +
-          _lm_head_flops(config, target_length))
+          lm_head_flops(config, target_length))
 
 
 def _num_decoder_only_layers(config: Any) -> int:
@@ -116,7 +117,7 @@ def decoder_only_forward_flops(config: Any, length: int) -> int:
   layer = (_attention_flops(config, length, length) +
            _mlp_flops(config, length))
   return (_num_decoder_only_layers(config) * layer +
-          _lm_head_flops(config, length))
+          lm_head_flops(config, length))
 
 
 def training_flops(forward: int) -> int:
