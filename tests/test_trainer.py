@@ -32,15 +32,18 @@ def _dataset_cfg(**overrides):
   return pipeline.DatasetConfig(**fields)
 
 
-def _train(model_dir, total_steps, optimizer=None, save_period=3, model=None, **kwargs):
+def _train(model_dir, total_steps, optimizer=None, save_period=3, model=None,
+           dataset_cfg=None, restore_data_iterator=True, **kwargs):
   return trainer_lib.train(
       model=model or factories.tiny_t5(dropout_rate=0.1),
-      train_dataset_cfg=_dataset_cfg(),
+      train_dataset_cfg=dataset_cfg or _dataset_cfg(),
       optimizer=optimizer or optax.adafactor(1e-2),
       model_dir=str(model_dir),
       total_steps=total_steps,
       partitioner=partitioning.Partitioner(parameter_partitioning_dims=2),
-      checkpoint_cfg=trainer_lib.CheckpointConfig(save_period=save_period, async_save=True),
+      checkpoint_cfg=trainer_lib.CheckpointConfig(
+          save_period=save_period, async_save=True,
+          restore_data_iterator=restore_data_iterator),
       log_period=1,
       **kwargs)
 
@@ -56,6 +59,27 @@ def test_resume_is_bitwise_exact(tmp_path):
   steps = [json.loads(line)["step"] for line in
            open(tmp_path / "resumed" / "metrics.jsonl") if "loss" in line]
   assert steps == [1, 2, 3, 4, 5, 6]  # the second run continued at step 4
+
+
+def test_a_changed_input_pipeline_is_a_clear_error_and_can_resume_without_the_position(
+    tmp_path):
+  _train(tmp_path, total_steps=3)
+  changed = _dataset_cfg(shuffle=False)  # same shapes, another tf.data graph
+  with pytest.raises(pipeline.DataPipelineChangedError,
+                     match="--gin.RESTORE_DATA_ITERATOR=False"):
+    _train(tmp_path, total_steps=6, dataset_cfg=changed)
+  # Nothing was taken for corruption: the checkpoint stays, and run.json keeps its step.
+  assert [step for step, _ in layout.checkpoint_dirs(str(tmp_path))] == [3]
+  assert not os.path.exists(tmp_path / layout.CORRUPT_CHECKPOINTS_DIR)
+  status = layout.read_run_status(str(tmp_path))
+  assert (status.status, status.last_step) == (layout.FAILED, 3)
+  assert "RESTORE_DATA_ITERATOR" in status.error
+
+  resumed = _train(tmp_path, total_steps=4, dataset_cfg=changed, restore_data_iterator=False)
+  assert int(resumed.step) == 4
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")
+           if "loss" in line]
+  assert steps == [1, 2, 3, 4]  # the model went on from step 3
 
 
 def test_microbatches_match_full_batch_gradients():

@@ -271,7 +271,9 @@ class Checkpointer:
                    data_iterator: Any) -> tuple[Any, Optional[BaseException]]:
     """(state, None) when `step` restores on every process, else (None, the error).
 
-    A tree mismatch is raised, not returned. The state is read before the data
+    A tree mismatch, or an ActionableError from reading the items (e.g. a data
+    position from another input pipeline), is raised, not returned: the files are
+    fine, the configuration is not, so nothing is set aside. The state is read before the data
     iterator, and the iterator's restore overwrites its whole position, so after a
     failed attempt the next successful one leaves state and iterator at one step.
     """
@@ -286,6 +288,8 @@ class Checkpointer:
         raise self._mismatch_error(step_dir, abstract_state, saved)
       try:
         state = self._restore_items(step, step_dir, abstract_state, data_iterator)
+      except ActionableError:
+        raise  # a configuration mistake the error explains (e.g. a changed input pipeline)
       except Exception as e:  # pylint: disable=broad-except
         error = e
     if not _all_processes_agree(error is None) and error is None:

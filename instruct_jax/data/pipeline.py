@@ -29,6 +29,10 @@ from instruct_jax.errors import ActionableError
 from instruct_jax.errors import UsageError
 
 
+class DataPipelineChangedError(ActionableError):
+  """A saved data position that this run's input pipeline cannot take back."""
+
+
 class UnknownTaskError(ActionableError, ValueError):
   """The requested seqio Task/Mixture name is not registered."""
 
@@ -262,7 +266,20 @@ class GlobalBatchIterator:
           f"{jax.process_count()} at {prefix}(.index); found: {found}. The state is "
           "saved per process, so restore with the same number of processes that saved "
           "it, or start the data from scratch.")
-    self._iterator.restore(prefix)
+    try:
+      self._iterator.restore(prefix)
+    except tf.errors.NotFoundError as e:
+      if "Failed to restore dataset iterator" not in str(e):
+        raise
+      raise DataPipelineChangedError(
+          f"The data position saved in {directory} was written by a different input "
+          "pipeline than this run builds (the mixture's tasks or preprocessors, the "
+          "sequence lengths, batch size, packing or shuffling, or the instruct_jax version "
+          "changed since), so it cannot be restored; the checkpoint itself is intact. "
+          "Relaunch with the configuration that saved it, or resume the model and optimizer "
+          "with the data starting again from the beginning of its stream: "
+          "--gin.RESTORE_DATA_ITERATOR=False (examples seen before the checkpoint may be "
+          "seen again).") from e
 
 
 def _finite_examples(cfg: DatasetConfig, shard_id: int, num_shards: int,

@@ -63,6 +63,9 @@ class CheckpointConfig:
   save_period: int = 1000
   keep: Optional[int] = None
   async_save: bool = True
+  # False: resuming restores the model and optimizer but not the data position (for a
+  # position saved by a different input pipeline); the data starts from its beginning.
+  restore_data_iterator: bool = True
 
 
 class Trainer:
@@ -545,8 +548,15 @@ def train(*,
                                                    async_save=checkpoint_cfg.async_save)
       resumed = checkpointer.latest_step() is not None
       if resumed:
-        state = checkpointer.restore(trainer.abstract_state, data_iterator=data_iterator)
+        restore_data = checkpoint_cfg.restore_data_iterator
+        state = checkpointer.restore(trainer.abstract_state,
+                                     data_iterator=data_iterator if restore_data else None)
         logging.info("Resumed from %s at step %d.", model_dir, int(state.step))
+        if not restore_data:
+          logging.warning("Resumed at step %d without the saved data position "
+                          "(RESTORE_DATA_ITERATOR=False): the data starts again from the "
+                          "beginning of its stream, so examples seen before may be seen "
+                          "again.", int(state.step))
       elif initial_checkpoint_path:
         params = params_io.load_params(initial_checkpoint_path, trainer.abstract_params)
         state = trainer.state_from_params(params)
