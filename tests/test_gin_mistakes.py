@@ -108,6 +108,8 @@ def test_misspelt_parameter_is_one_line_with_close_names(binding, expected, caps
     ("TASK_FEATURE_LENGTHS", "{'inputs': 64.5, 'targets': 16}",
      "a dict of feature name -> positive length"),
     ("MODEL_DIR", "3", "a path string"),
+    ("RESTORE_DATA_ITERATOR", "'False'", "True or False"),
+    ("PACKING", "0", "True or False"),
 ])
 def test_wrong_macro_value_names_the_macro_and_the_rule(macro, value, expected):
   message = _parse_error(["runs/smoke.gin"], [f"{macro} = {value}"])

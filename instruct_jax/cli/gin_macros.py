@@ -112,6 +112,8 @@ FEATURE_LENGTHS = Rule(
         isinstance(k, str) and _is_int(n) and n > 0 for k, n in v.items())),
     "a dict of feature name -> positive length", "{'inputs': 512, 'targets': 128}")
 # The names of optimizers.OPTIMIZERS, written out so that --help imports no jax.
+# A quoted 'False' is a non-empty string, which Python takes as true.
+BOOL = Rule(lambda v: isinstance(v, bool), "True or False (no quotes)", "False")
 OPTIMIZER = Rule(lambda v: v in ("adafactor", "adamw"), "'adafactor' or 'adamw' (set "
                  "their options with optimizers.adafactor.* / optimizers.adamw.*)",
                  "'adamw'", references_allowed=False)
@@ -134,6 +136,11 @@ RULES: dict[str, Rule] = {
     "INITIAL_CHECKPOINT_PATH": OPTIONAL_PATH,
     "EVAL_OUTPUT_DIR": OPTIONAL_PATH,
     "OPTIMIZER": OPTIMIZER,
+    "RESTORE_DATA_ITERATOR": BOOL,
+    "CARRY_ADAFACTOR_STATE": BOOL,
+    "USE_CACHED_TASKS": BOOL,
+    "SHUFFLE_TRAIN_EXAMPLES": BOOL,
+    "PACKING": BOOL,
     "LEARNING_RATE": POSITIVE_NUMBER,
     "WARMUP_STEPS": NON_NEGATIVE_INT,
     "DROPOUT_RATE": RATE,
