@@ -77,18 +77,65 @@ def _einsum(query, key, value, bias, mask, scale, dropout):
   if scale != 1.0:
     logits = logits * jnp.float32(scale)
   if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
+    logits = add_broadcast_bias(logits, bias.astype(jnp.float32))
   if mask is not None:
     logits = jnp.where(mask > 0, logits, MASKED_LOGIT)
-  weights = jax.nn.softmax(logits, axis=-1)
   if dropout is not None:
-    weights = dropout(weights)
-  weights = weights.astype(value.dtype)
-  if groups == 1:
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-  weights = weights.reshape(batch, kv_heads, groups, q_len, kv_len)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, value)
-  return out.reshape(batch, q_len, heads, head_dim)
+    return _weighted_sum(dropout(jax.nn.softmax(logits, axis=-1)).astype(value.dtype), value,
+                         kv_heads)
+  # Softmax normalised after the weighted sum: dividing the [.., head_dim] outputs
+  # instead of the [.., kv_len] weights saves passes over the largest tensor.
+  unnormalized = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+  denominator = jnp.sum(unnormalized, axis=-1).transpose(0, 2, 1)[..., None]  # [b, q, h, 1]
+  out = _weighted_sum(unnormalized.astype(value.dtype), value, kv_heads, jnp.float32)
+  return (out / denominator).astype(value.dtype)
+
+
+def _weighted_sum(weights, value, kv_heads, preferred_element_type=None):
+  """weights [batch, heads, q_len, kv_len] times value -> [batch, q_len, heads, head_dim]."""
+  batch, heads, q_len, kv_len = weights.shape
+  if heads == kv_heads:
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, value,
+                      preferred_element_type=preferred_element_type)
+  weights = weights.reshape(batch, kv_heads, heads // kv_heads, q_len, kv_len)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, value,
+                   preferred_element_type=preferred_element_type)
+  return out.reshape(batch, q_len, heads, value.shape[-1])
+
+
+@jax.custom_vjp
+def add_broadcast_bias(logits: Array, bias: Array) -> Array:
+  """logits + bias, where bias broadcasts over logits' leading (batch) axes.
+
+  Autodiff would reduce the logits' gradient over the broadcast batch axis with
+  a reduction, which XLA:CPU runs tens of times slower than the same sum as a
+  matmul with a ones vector; the backward pass here uses the matmul. Same
+  gradient to float32 rounding.
+  """
+  return logits + bias
+
+
+def _add_broadcast_bias_fwd(logits, bias):
+  return logits + bias, bias
+
+
+def _add_broadcast_bias_bwd(bias, grad):
+  shape = (1,) * (grad.ndim - bias.ndim) + bias.shape
+  summed = [i for i, (b, g) in enumerate(zip(shape, grad.shape)) if b == 1 and g != 1]
+  leading = 0  # Broadcast axes at the front: one ones-vector matmul sums them.
+  while leading < len(summed) and summed[leading] == leading:
+    leading += 1
+  bias_grad = grad
+  if leading:
+    rows = grad.reshape(-1, *grad.shape[leading:])
+    bias_grad = jnp.tensordot(jnp.ones(rows.shape[:1], grad.dtype), rows, axes=1)
+    bias_grad = bias_grad.reshape((1,) * leading + grad.shape[leading:])
+  if summed[leading:]:
+    bias_grad = jnp.sum(bias_grad, axis=tuple(summed[leading:]), keepdims=True)
+  return grad, bias_grad.reshape(bias.shape).astype(bias.dtype)
+
+
+add_broadcast_bias.defvjp(_add_broadcast_bias_fwd, _add_broadcast_bias_bwd)
 
 
 def _fused(query, key, value, bias, mask, scale):
