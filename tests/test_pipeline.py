@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+from clu.data import dataset_iterator as clu_dataset_iterator
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
@@ -194,6 +195,57 @@ def test_save_restore_resumes_at_first_unseen_batch(batch_sharding, tmp_path):
       np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]))
 
 
+def test_speedups_leave_the_batches_as_seqio_makes_them():
+  cfg = config(batch_size=8, pack=True, seed=3)
+  def dataset():
+    return pipeline.get_dataset(cfg, 0, 1, seqio.EncDecFeatureConverter(pack=True))
+  plain = dataset().take(6).as_numpy_iterator()
+  fast = pipeline.with_speedups(dataset()).take(6).as_numpy_iterator()
+  for expected, got in zip(plain, fast, strict=True):
+    assert set(got) == set(expected)
+    for name in expected:
+      np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_a_position_saved_before_the_speedups_resumes_in_the_plain_pipeline(
+    batch_sharding, tmp_path):
+  """What earlier versions saved: the plain pipeline's iterator state, no build record."""
+  cfg = config(batch_size=8, pack=True, seed=3)
+  converter = seqio.EncDecFeatureConverter(pack=True)
+  old = clu_dataset_iterator.TfDatasetIterator(pipeline.get_dataset(cfg, 0, 1, converter),
+                                               checkpoint=True)
+  for _ in range(3):
+    next(old)
+  os.makedirs(tmp_path / "ckpt")
+  old.save(str(tmp_path / "ckpt" / "data_iterator-process_0-of-1"))
+  continued = [next(old) for _ in range(3)]
+
+  resumed = pipeline.GlobalBatchIterator(pipeline.get_dataset(cfg, 0, 1, converter),
+                                         batch_sharding)
+  resumed.restore(str(tmp_path / "ckpt"))
+  for expected in continued:
+    got = next(resumed)
+    for name in expected:
+      np.testing.assert_array_equal(np.asarray(got[name]), expected[name])
+  resumed.save(str(tmp_path / "again"))  # it goes on in the plain pipeline, and says so
+  with open(tmp_path / "again" / "data_iterator-process_0-of-1.pipeline") as f:
+    assert f.read() == "plain"
+
+
+def test_a_position_from_an_unknown_pipeline_build_is_refused(batch_sharding, tmp_path):
+  cfg = config(batch_size=8, pack=True, seed=3)
+  converter = seqio.EncDecFeatureConverter(pack=True)
+  iterator = pipeline.GlobalBatchIterator(pipeline.get_dataset(cfg, 0, 1, converter),
+                                          batch_sharding)
+  iterator.save(str(tmp_path))
+  with open(tmp_path / "data_iterator-process_0-of-1.pipeline") as f:
+    assert f.read() == "speedups-1"
+  with open(tmp_path / "data_iterator-process_0-of-1.pipeline", "w") as f:
+    f.write("speedups-7")
+  with pytest.raises(pipeline.DataPipelineChangedError, match="saved by a newer version"):
+    iterator.restore(str(tmp_path))
+
+
 def test_restore_without_state_explains(batch_sharding, tmp_path):
   ds = pipeline.get_dataset(config(), 0, 1, seqio.EncDecFeatureConverter(pack=False))
   iterator = pipeline.GlobalBatchIterator(ds, batch_sharding)
@@ -310,7 +362,7 @@ def test_two_processes_share_batches_and_keep_per_process_state(tmp_path):
   results = [json.loads((tmp_path / f"result_{i}.json").read_text()) for i in range(2)]
   assert sorted(os.listdir(tmp_path / "ckpt")) == sorted(
       f"data_iterator-process_{i}-of-2.{ext}" for i in range(2)
-      for ext in ("index", "data-00000-of-00001"))
+      for ext in ("index", "data-00000-of-00001", "pipeline"))
   for result in results:
     assert result["global_shape"] == [8, 32]
     assert result["resumed_ok"]
