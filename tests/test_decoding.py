@@ -174,7 +174,7 @@ def test_cross_attention_keys_values_are_projected_once(t5_setup):
   cross = stored[layers.CROSS_CACHE]["decoder"]
   assert set(cross) == {"layers_0", "layers_1"}
   assert cross["layers_0"]["encoder_decoder_attention"]["cached_key"].shape == (
-      ROWS, INPUT_LENGTH, 4, 8)
+      ROWS, 4, INPUT_LENGTH, 8)  # heads-major
   reused, _ = step({**created, layers.CROSS_CACHE: stored[layers.CROSS_CACHE]}, None, ["cache"])
   np.testing.assert_allclose(logits, reference, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(reused, reference, rtol=1e-6, atol=1e-6)
@@ -321,6 +321,29 @@ def test_rows_stop_at_eos_and_at_their_limit():
                               cfg=decoding.DecodeConfig(eos_id=1),
                               limits=jnp.asarray([5, 2, 1]))
   np.testing.assert_array_equal(tokens, [[2, 4, 1, 0, 0], [2, 4, 0, 0, 0], [2, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("block", [4, 7, 64])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_top_k_by_blocks_is_lax_top_k_ties_included(block, k):
+  rng = np.random.RandomState(block * 10 + k)
+  # Rounded normals: block maxima differ while equal values recur across blocks, so a
+  # tie's order depends on the chosen blocks keeping index order. 7 does not divide 300.
+  x = np.round(rng.randn(2, 3, 300) * 2).astype(np.float32) - 10
+  x[rng.rand(*x.shape) < 0.1] = -np.inf
+  x[1, 1] = -np.inf  # every block maximum tied
+  signed_zeros, nan = x.copy(), x.copy()
+  # A float max need not order -0.0 < +0.0 (lax.top_k does), nor a NaN of either sign.
+  signed_zeros[0, 2, [0, 2 * block, 2 * block + 1, 3 * block]] = [-0.0, -0.0, 0.0, 0.0]
+  nan[1, 0, [5, 6]] = [-np.nan, 0.0]
+  nan[0, 1, 9] = np.nan
+  top_k = jax.jit(decoding.top_k, static_argnums=(1, 2))
+  for inputs in (x, signed_zeros, nan):
+    expected_values, expected_index = jax.lax.top_k(inputs, k)
+    values, index = top_k(inputs, k, block)
+    np.testing.assert_array_equal(index, expected_index)
+    np.testing.assert_array_equal(np.asarray(values).view(np.int32),
+                                  np.asarray(expected_values).view(np.int32))
 
 
 def test_filter_logits_top_k_and_top_p():

@@ -312,7 +312,7 @@ def test_cached_encdec_decoding_matches_teacher_forcing(t5_setup):
                           enable_dropout=False, decode=True, max_decode_length=length,
                           mutable=["cache"], method=module.decode)
   cache = state["cache"]
-  assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (2, length, 4, 8)
+  assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].shape == (2, 4, length, 8)
 
   @_jit
   def step(cache, token):

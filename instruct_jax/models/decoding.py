@@ -133,6 +133,44 @@ def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
   return logits
 
 
+def top_k(x: Array, k: int, block: int = 128) -> tuple[Array, Array]:
+  """jax.lax.top_k(x, k) over the last axis, without scanning every element in TopK.
+
+  XLA:CPU's TopK visits each element in scalar code, which over beam search's
+  num_beams * vocab candidates costs more than the rest of choosing the beams.
+  Here a vectorised max over blocks of `block` consecutive elements finds the k
+  blocks with the largest maxima (ties: lower block first); lax.top_k then runs
+  only over those blocks' elements, kept in index order. The result is
+  lax.top_k's exactly, ties (lower index first) included: an element outside
+  those blocks is at most the k-th largest block maximum, and every chosen
+  block holds an element that ranks before it. That argument needs each block
+  maximum to be the block's largest element in lax.top_k's total order, which a
+  float max need not give for NaN or signed zeros, so when any block maximum is
+  NaN or zero, lax.top_k runs over all of x instead.
+  """
+  n = x.shape[-1]
+  blocks = -(-n // block)
+  if blocks <= k:
+    return jax.lax.top_k(x, k)
+  lead = x.shape[:-1]
+  padding = [(0, 0)] * len(lead) + [(0, blocks * block - n)]
+  tiles = jnp.pad(x, padding, constant_values=-jnp.inf).reshape(*lead, blocks, block)
+  maxima = jnp.max(tiles, axis=-1)
+
+  def by_blocks(tiles):
+    _, best = jax.lax.top_k(maxima, k)
+    best = jnp.sort(best, axis=-1)
+    chosen = jnp.take_along_axis(tiles, best[..., None], axis=-2).reshape(*lead, k * block)
+    values, where = jax.lax.top_k(chosen, k)
+    return values, jnp.take_along_axis(best, where // block, axis=-1) * block + where % block
+
+  def everywhere(tiles):
+    return tuple(jax.lax.top_k(tiles.reshape(*lead, blocks * block)[..., :n], k))
+
+  exact = jnp.logical_not(jnp.any(jnp.isnan(maxima) | (maxima == 0)))
+  return jax.lax.cond(exact, by_blocks, everywhere, tiles)
+
+
 def _row_limits(limits: Optional[Array], batch: int, max_length: int) -> Array:
   if limits is None:
     return jnp.full((batch,), max_length, jnp.int32)
@@ -246,7 +284,7 @@ def beam_search(first_logits: Array, state: State, step_fn: StepFn, *, max_lengt
     log_probs = jax.nn.log_softmax(c["logits"].astype(jnp.float32), axis=-1)
     candidates = (c["alive_log_probs"][:, :, None]
                   + log_probs.reshape(batch, beams, vocab)).reshape(batch, beams * vocab)
-    top_log_probs, top_index = jax.lax.top_k(candidates, num_candidates)
+    top_log_probs, top_index = top_k(candidates, num_candidates)
     origin = top_index // vocab
     token = (top_index % vocab).astype(jnp.int32)
     seq = jnp.take_along_axis(c["alive_seq"], origin[:, :, None], axis=1)

@@ -226,8 +226,10 @@ class MultiHeadDotProductAttention(nn.Module):
   softmax are float32 on both.
 
   Autoregressive cache (decode=True), collection "cache":
-    cached_key, cached_value: [batch, cache_length, kv_heads, head_dim]
+    cached_key, cached_value: [batch, kv_heads, cache_length, head_dim]
     cache_index: int32 [batch], the next position each example writes.
+  Keys and values are stored heads-major, the layout the attention matmuls
+  read, so a decode step does not transpose the whole cache (see _heads_major).
   Cache slot p holds the token at position p, so a cached step's position (for
   the rotary encoding and the window) is its example's cache_index.
   Call patterns with decode=True:
@@ -246,8 +248,8 @@ class MultiHeadDotProductAttention(nn.Module):
   Cross-attention cache (decode=True and static_kv=True, collection
   CROSS_CACHE): `inputs_kv` (the encoder outputs) is the same at every step, so
   its keys/values are projected once, by a call in which that collection is
-  mutable, and stored as cached_key / cached_value [batch, kv_len, kv_heads,
-  head_dim]. Later calls read them and may pass inputs_kv=None. Without the
+  mutable, and stored heads-major as cached_key / cached_value [batch,
+  kv_heads, kv_len, head_dim]. Later calls read them and may pass inputs_kv=None. Without the
   collection (neither present nor mutable) the keys/values are projected as
   usual.
   """
@@ -348,16 +350,16 @@ class MultiHeadDotProductAttention(nn.Module):
   def _static_keys_values(self, inputs_kv, key_projection, value_projection):
     """Keys/values of the unchanging inputs_kv: from CROSS_CACHE, or projected (and stored)."""
     if self.has_variable(CROSS_CACHE, "cached_key"):
-      return (self.get_variable(CROSS_CACHE, "cached_key"),
-              self.get_variable(CROSS_CACHE, "cached_value"))
+      return (_length_major(self.get_variable(CROSS_CACHE, "cached_key")),
+              _length_major(self.get_variable(CROSS_CACHE, "cached_value")))
     if inputs_kv is None:
       raise ValueError("Cross-attention got inputs_kv=None but has no cached keys/values; "
                        f"pass the encoder outputs, or the '{CROSS_CACHE}' collection that a "
                        "first decode call made mutable returned.")
     key, value = _project(inputs_kv, key_projection), _project(inputs_kv, value_projection)
     if self.is_mutable_collection(CROSS_CACHE):
-      self.put_variable(CROSS_CACHE, "cached_key", key)
-      self.put_variable(CROSS_CACHE, "cached_value", value)
+      self.put_variable(CROSS_CACHE, "cached_key", _heads_major(key))
+      self.put_variable(CROSS_CACHE, "cached_value", _heads_major(value))
     return key, value
 
   def _use_cache(self, key, value, mask, bias, prefill, prefill_lengths, max_decode_length):
@@ -365,20 +367,20 @@ class MultiHeadDotProductAttention(nn.Module):
     is_initialized = self.has_variable("cache", "cached_key")
     cache_length = max_decode_length or length
     cached_key = self.variable("cache", "cached_key", jnp.zeros,
-                               (batch, cache_length, heads, head_dim), key.dtype)
+                               (batch, heads, cache_length, head_dim), key.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros,
-                                 (batch, cache_length, heads, head_dim), value.dtype)
+                                 (batch, heads, cache_length, head_dim), value.dtype)
     cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
-    cache_length = cached_key.value.shape[1]
+    cache_length = cached_key.value.shape[2]
 
     if prefill:
       if length > cache_length:
         raise ValueError(f"Prefill of {length} tokens does not fit the cache of length "
                          f"{cache_length}; pass a larger max_decode_length.")
       cached_key.value = jax.lax.dynamic_update_slice(
-          cached_key.value, key.astype(cached_key.value.dtype), (0, 0, 0, 0))
+          cached_key.value, _heads_major(key).astype(cached_key.value.dtype), (0, 0, 0, 0))
       cached_value.value = jax.lax.dynamic_update_slice(
-          cached_value.value, value.astype(cached_value.value.dtype), (0, 0, 0, 0))
+          cached_value.value, _heads_major(value).astype(cached_value.value.dtype), (0, 0, 0, 0))
       if prefill_lengths is None:
         prefill_lengths = jnp.full((batch,), length, jnp.int32)
       cache_index.value = jnp.asarray(prefill_lengths, jnp.int32)
@@ -398,11 +400,12 @@ class MultiHeadDotProductAttention(nn.Module):
     # A scatter of one slot per example updates the cache in place (a select over
     # the whole cache would rewrite it every step); an index past the end writes nothing.
     rows = jnp.arange(batch, dtype=jnp.int32)
-    key = cached_key.value.at[rows, index].set(key[:, 0].astype(cached_key.value.dtype),
-                                               mode="drop")
-    value = cached_value.value.at[rows, index].set(value[:, 0].astype(cached_value.value.dtype),
-                                                   mode="drop")
+    key = cached_key.value.at[rows, :, index].set(key[:, 0].astype(cached_key.value.dtype),
+                                                  mode="drop")
+    value = cached_value.value.at[rows, :, index].set(
+        value[:, 0].astype(cached_value.value.dtype), mode="drop")
     cached_key.value, cached_value.value = key, value
+    key, value = _length_major(key), _length_major(value)
     cache_index.value = index + 1
 
     visible = (positions[None, :] <= index[:, None])[:, None, None, :]
@@ -415,6 +418,23 @@ class MultiHeadDotProductAttention(nn.Module):
       # Row `index` of the (shared) bias table for every example: [batch, heads, 1, cache].
       bias = jnp.take(bias[0], index, axis=1).transpose(1, 0, 2)[:, :, None, :]
     return key, value, mask, bias
+
+
+def _heads_major(x: Array) -> Array:
+  """Keys/values [batch, len, heads, head_dim] -> the cache layout [batch, heads, len, head_dim].
+
+  The attention matmuls contract per (batch, head), so XLA:CPU wants each head's
+  [len, head_dim] block contiguous; a cache stored length-major is copied into
+  that layout on every decode step, which costs about as much as the step's
+  attention itself.
+  """
+  return x.transpose(0, 2, 1, 3)
+
+
+def _length_major(x: Array) -> Array:
+  """The cache layout back to [batch, len, heads, head_dim]: XLA folds this transpose
+  into the attention matmuls, which then read the cache as stored."""
+  return x.transpose(0, 2, 1, 3)
 
 
 def _project(inputs: Array, projection: nn.Module) -> Array:
