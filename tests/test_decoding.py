@@ -337,7 +337,7 @@ def test_top_k_by_blocks_is_lax_top_k_ties_included(block, k):
   signed_zeros[0, 2, [0, 2 * block, 2 * block + 1, 3 * block]] = [-0.0, -0.0, 0.0, 0.0]
   nan[1, 0, [5, 6]] = [-np.nan, 0.0]
   nan[0, 1, 9] = np.nan
-  top_k = jax.jit(decoding.top_k, static_argnums=(1, 2))
+  top_k = jax.jit(decoding.blocked_top_k, static_argnums=(1, 2))
   for inputs in (x, signed_zeros, nan):
     expected_values, expected_index = jax.lax.top_k(inputs, k)
     values, index = top_k(inputs, k, block)

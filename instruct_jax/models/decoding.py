@@ -133,7 +133,7 @@ def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
   return logits
 
 
-def top_k(x: Array, k: int, block: int = 128) -> tuple[Array, Array]:
+def blocked_top_k(x: Array, k: int, block: int = 128) -> tuple[Array, Array]:
   """jax.lax.top_k(x, k) over the last axis, without scanning every element in TopK.
 
   XLA:CPU's TopK visits each element in scalar code, which over beam search's
@@ -284,7 +284,7 @@ def beam_search(first_logits: Array, state: State, step_fn: StepFn, *, max_lengt
     log_probs = jax.nn.log_softmax(c["logits"].astype(jnp.float32), axis=-1)
     candidates = (c["alive_log_probs"][:, :, None]
                   + log_probs.reshape(batch, beams, vocab)).reshape(batch, beams * vocab)
-    top_log_probs, top_index = top_k(candidates, num_candidates)
+    top_log_probs, top_index = blocked_top_k(candidates, num_candidates)
     origin = top_index // vocab
     token = (top_index % vocab).astype(jnp.int32)
     seq = jnp.take_along_axis(c["alive_seq"], origin[:, :, None], axis=1)
