@@ -186,13 +186,19 @@ def test_save_restore_resumes_at_first_unseen_batch(batch_sharding, tmp_path):
   assert any("process_0-of-1" in f for f in os.listdir(tmp_path / "ckpt"))
   continued = [next(iterator) for _ in range(3)]
 
+  _restore_and_expect(cfg, converter, batch_sharding, tmp_path / "ckpt", continued)
+
+
+def _restore_and_expect(cfg, converter, batch_sharding, directory, continued):
+  """A new GlobalBatchIterator restored from `directory` yields the `continued` batches."""
   resumed = pipeline.GlobalBatchIterator(pipeline.get_dataset(cfg, 0, 1, converter),
                                          batch_sharding)
-  resumed.restore(str(tmp_path / "ckpt"))
+  resumed.restore(str(directory))
   for expected in continued:
     got = next(resumed)
     for name in expected:
       np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]))
+  return resumed
 
 
 def test_speedups_leave_the_batches_as_seqio_makes_them():
@@ -220,13 +226,7 @@ def test_a_position_saved_before_the_speedups_resumes_in_the_plain_pipeline(
   old.save(str(tmp_path / "ckpt" / "data_iterator-process_0-of-1"))
   continued = [next(old) for _ in range(3)]
 
-  resumed = pipeline.GlobalBatchIterator(pipeline.get_dataset(cfg, 0, 1, converter),
-                                         batch_sharding)
-  resumed.restore(str(tmp_path / "ckpt"))
-  for expected in continued:
-    got = next(resumed)
-    for name in expected:
-      np.testing.assert_array_equal(np.asarray(got[name]), expected[name])
+  resumed = _restore_and_expect(cfg, converter, batch_sharding, tmp_path / "ckpt", continued)
   resumed.save(str(tmp_path / "again"))  # it goes on in the plain pipeline, and says so
   with open(tmp_path / "again" / "data_iterator-process_0-of-1.pipeline") as f:
     assert f.read() == "plain"
