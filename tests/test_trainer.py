@@ -65,6 +65,7 @@ def test_a_changed_input_pipeline_is_a_clear_error_and_can_resume_without_the_po
     tmp_path):
   _train(tmp_path, total_steps=3)
   changed = _dataset_cfg(shuffle=False)  # same shapes, another tf.data graph
+  assert int(_train(tmp_path, total_steps=3, dataset_cfg=changed).step) == 3  # finished
   with pytest.raises(pipeline.DataPipelineChangedError,
                      match="--gin.RESTORE_DATA_ITERATOR=False"):
     _train(tmp_path, total_steps=6, dataset_cfg=changed)

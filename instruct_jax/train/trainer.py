@@ -548,11 +548,13 @@ def train(*,
                                                    async_save=checkpoint_cfg.async_save)
       resumed = checkpointer.latest_step() is not None
       if resumed:
-        restore_data = checkpoint_cfg.restore_data_iterator
+        # A finished run reads no more data: its position is not needed (nor checked).
+        restore_data = (checkpoint_cfg.restore_data_iterator
+                        and checkpointer.latest_step() < total_steps)
         state = checkpointer.restore(trainer.abstract_state,
                                      data_iterator=data_iterator if restore_data else None)
         logging.info("Resumed from %s at step %d.", model_dir, int(state.step))
-        if not restore_data:
+        if not checkpoint_cfg.restore_data_iterator:
           logging.warning("Resumed at step %d without the saved data position "
                           "(RESTORE_DATA_ITERATOR=False): the data starts again from the "
                           "beginning of its stream, so examples seen before may be seen "
