@@ -210,8 +210,7 @@ def benchmark_decode_against_hf(model: Any, batch_size: int = 8, input_length: i
              **roofline.report_lines()}
   for method in methods:
     beams = num_beams if method == "beam" else 1
-    floor = roofline.floor_tokens_per_second(model.module.config,
-                                             prepared.roofline_shape(beams), len(jax.devices()))
+    floor = prepared.floor_tokens_per_second(roofline, beams)
     ours, _ = prepared.compile(decode_speed.decode_config(method, target_length, num_beams))
     theirs = _hf_generate(model, hf_model, torch, device, prepared.host_batch, input_length,
                           target_length, beams)

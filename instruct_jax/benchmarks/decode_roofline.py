@@ -21,7 +21,6 @@ pattern, streams its weight at only about half that rate on XLA:CPU: the rest of
 the gap to the floor is that kernel's, not the memory's.)
 """
 import dataclasses
-import time
 from typing import Any
 
 import jax
@@ -65,24 +64,16 @@ class MemoryBandwidth:
 def measure_bandwidth(device: jax.Device, repeats: int = 5) -> float:
   """Best bytes/s at which a jitted sum reads a 256 MiB array on `device`."""
   array = jax.device_put(jnp.ones(_READ_SHAPE, jnp.float32), device)
-  total = jax.jit(jnp.sum)
-  total(array).block_until_ready()  # compile and warm up
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    total(array).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return array.size * array.dtype.itemsize / best
+  return array.size * array.dtype.itemsize / matmul_peak.best_seconds(jnp.sum, (array,),
+                                                                       repeats)
 
 
 def memory_bandwidth(device: jax.Device | None = None) -> MemoryBandwidth:
   """The published bandwidth of `device` (default: the first) when known, else measured."""
   device = device or jax.devices()[0]
-  if device.platform != "cpu":
-    kind = device.device_kind.lower()
-    for key, value in PUBLISHED_MEMORY_BANDWIDTH:
-      if key in kind:
-        return MemoryBandwidth(value, True)
+  published = flops.published_for_device(PUBLISHED_MEMORY_BANDWIDTH, device)
+  if published:
+    return MemoryBandwidth(published, True)
   return MemoryBandwidth(measure_bandwidth(device), False)
 
 

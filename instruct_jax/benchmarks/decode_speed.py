@@ -43,13 +43,16 @@ class PreparedDecode:
   input_length: int
   target_length: int
 
-  def roofline_shape(self, num_beams: int) -> decode_roofline.DecodeShape:
-    """What decoding this batch with `num_beams` rows per example does, for its floor."""
+  def floor_tokens_per_second(self, roofline: decode_roofline.Roofline,
+                              num_beams: int) -> float:
+    """The decode floor of this batch with `num_beams` rows per example, on all devices."""
     weight_bytes = max(x.dtype.itemsize for x in jax.tree_util.tree_leaves(self.params))
-    return decode_roofline.DecodeShape(
+    shape = decode_roofline.DecodeShape(
         len(next(iter(self.host_batch.values()))), num_beams, self.input_length,
         self.target_length, "encoder_input_tokens" in self.host_batch, weight_bytes,
         self.model.module.config.activation_dtype.itemsize)
+    return roofline.floor_tokens_per_second(self.model.module.config, shape,
+                                            len(jax.devices()))
 
   def compile(self, cfg: decoding.DecodeConfig) -> tuple[Callable[[], Any], float]:
     """(a call that decodes the batch and returns its tokens on the host, compile seconds)."""
@@ -112,8 +115,7 @@ def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
              "target_length": target_length, **roofline.report_lines()}
   for method in methods:
     beams = num_beams if method == "beam" else 1
-    floor = roofline.floor_tokens_per_second(model.module.config,
-                                             prepared.roofline_shape(beams), len(jax.devices()))
+    floor = prepared.floor_tokens_per_second(roofline, beams)
     results[f"{method_name(method, num_beams)}_floor_tokens_per_second"] = floor
     for cached in use_cache:
       decode, compile_seconds = prepared.compile(

@@ -8,7 +8,7 @@ shares the host's cores, so the measured figure is the host's, not a device's.
 """
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,14 +54,19 @@ def measure(device: jax.Device, size: int | None = None, repeats: int = 5) -> fl
   dtype = jnp.float32 if cpu else jnp.bfloat16
   keys = jax.random.split(jax.random.PRNGKey(0))
   a, b = (jax.device_put(jax.random.normal(k, (size, size), dtype), device) for k in keys)
-  matmul = jax.jit(jnp.matmul)
-  matmul(a, b).block_until_ready()  # compile and warm up
+  return 2 * size**3 / best_seconds(jnp.matmul, (a, b), repeats)
+
+
+def best_seconds(fn: Callable[..., jax.Array], args: tuple[Any, ...], repeats: int) -> float:
+  """Fastest of `repeats` runs of jitted `fn(*args)`, after one that compiles and warms up."""
+  jitted = jax.jit(fn)
+  jitted(*args).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
     start = time.perf_counter()
-    matmul(a, b).block_until_ready()
+    jitted(*args).block_until_ready()
     best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best
+  return best
 
 
 def device_peak(device: jax.Device | None = None) -> MatmulPeak:

@@ -20,7 +20,7 @@ forward matmul), without rematerialisation, so MFU from these numbers is the
 usual "model FLOPs" utilisation.
 """
 
-from typing import Any
+from typing import Any, Sequence
 
 # Dense bf16 peak FLOP/s per device, keyed by substrings of jax's
 # `device.device_kind` (lower-cased). More specific keys come first because the
@@ -131,6 +131,15 @@ def peak_flops_per_device(device: Any) -> float | None:
   Returns None for CPUs and devices not in PEAK_BF16_FLOPS, in which case
   callers should not report MFU rather than guess.
   """
+  return published_for_device(PEAK_BF16_FLOPS, device)
+
+
+def published_for_device(table: Sequence[tuple[str, float]], device: Any) -> float | None:
+  """The figure of the first (name, value) in `table` whose name is in the device's kind.
+
+  `device`: a jax device or a device_kind string. None for CPUs (whose figures
+  depend on the host, so callers measure them) and for kinds the table lacks.
+  """
   if isinstance(device, str):
     kind = device
   else:
@@ -138,7 +147,7 @@ def peak_flops_per_device(device: Any) -> float | None:
       return None
     kind = getattr(device, "device_kind", "")
   kind = kind.lower()
-  for key, flops in PEAK_BF16_FLOPS:
+  for key, value in table:
     if key in kind:
-      return flops
+      return value
   return None

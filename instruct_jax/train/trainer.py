@@ -546,11 +546,11 @@ def train(*,
       checkpointer = run_checkpointer.Checkpointer(model_dir, checkpoint_cfg.save_period,
                                                    keep=checkpoint_cfg.keep,
                                                    async_save=checkpoint_cfg.async_save)
-      resumed = checkpointer.latest_step() is not None
+      latest_step = checkpointer.latest_step()
+      resumed = latest_step is not None
       if resumed:
         # A finished run reads no more data: its position is not needed (nor checked).
-        restore_data = (checkpoint_cfg.restore_data_iterator
-                        and checkpointer.latest_step() < total_steps)
+        restore_data = checkpoint_cfg.restore_data_iterator and latest_step < total_steps
         state = checkpointer.restore(trainer.abstract_state,
                                      data_iterator=data_iterator if restore_data else None)
         logging.info("Resumed from %s at step %d.", model_dir, int(state.step))
