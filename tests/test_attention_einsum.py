@@ -1,7 +1,8 @@
 """The einsum attention's speed-ups keep the straightforward formula's values and gradients.
 
 add_broadcast_bias has a hand-written backward (a ones-vector matmul over the
-batch); the softmax is normalised after the weighted sum.
+batch); the softmax is normalised after the weighted sum; keys / values may come
+heads-major (the decoding caches' layout).
 """
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,31 @@ def test_einsum_attention_values_and_gradients_equal_the_plain_formula(kv_heads)
   reference = jax.jit(lambda: outputs_and_gradients(_reference_attention))()
   for name, got, want in zip(("output", "query", "key", "value", "bias"), ours, reference):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("implementation", attention.IMPLEMENTATIONS)
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_heads_major_keys_values_give_the_same_attention(implementation, kv_heads):
+  """The decoding caches' layout [batch, kv_heads, kv_len, head_dim], read as stored."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 5)
+  batch, q_len, kv_len, heads, head_dim = 3, 2, 7, 4, 8
+  query = jax.random.normal(keys[0], (batch, q_len, heads, head_dim))
+  key = jax.random.normal(keys[1], (batch, kv_len, kv_heads, head_dim))
+  value = jax.random.normal(keys[2], (batch, kv_len, kv_heads, head_dim))
+  bias = jax.random.normal(keys[3], (1, heads, q_len, kv_len))
+  mask = jax.random.bernoulli(keys[4], 0.7, (batch, 1, q_len, kv_len))
+
+  def attend(k, v, heads_major):
+    return attention.dot_product_attention(query, k, v, bias=bias, mask=mask,
+                                           implementation=implementation,
+                                           kv_heads_major=heads_major)
+
+  length_major = jax.jit(lambda: attend(key, value, False))()
+  heads_major = jax.jit(lambda: attend(key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3),
+                                       True))()
+  np.testing.assert_allclose(heads_major, length_major, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(length_major, _reference_attention(query, key, value, bias, mask),
+                             rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bias_shape", [

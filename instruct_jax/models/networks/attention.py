@@ -10,7 +10,9 @@ Both implement grouped-query attention: query [batch, q_len, heads, head_dim]
 attends to key / value [batch, kv_len, kv_heads, head_dim] with `heads` a
 multiple of `kv_heads`, query head h reading kv head h // (heads // kv_heads)
 (the head order of Llama / Mistral checkpoints). With kv_heads == heads this is
-plain multi-head attention.
+plain multi-head attention. Keys / values may also come heads-major,
+[batch, kv_heads, kv_len, head_dim] (kv_heads_major=True): the layout of the
+decoding caches, which the einsum path then reads without a transposed copy.
 """
 
 from collections.abc import Callable
@@ -41,15 +43,17 @@ def check_implementation(name: str) -> None:
 def dot_product_attention(query: Array, key: Array, value: Array, *,
                           bias: Optional[Array] = None, mask: Optional[Array] = None,
                           scale: float = 1.0, implementation: str = "einsum",
-                          dropout: Optional[Callable[[Array], Array]] = None) -> Array:
+                          dropout: Optional[Callable[[Array], Array]] = None,
+                          kv_heads_major: bool = False) -> Array:
   """softmax(scale * q k^T + bias, masked) v -> [batch, q_len, heads, head_dim].
 
   bias: broadcastable to [batch, heads, q_len, kv_len]; mask: same, nonzero =
   may attend. `dropout` (einsum only) maps the attention weights
-  [batch, heads, q_len, kv_len] to their dropped-out version.
+  [batch, heads, q_len, kv_len] to their dropped-out version. kv_heads_major:
+  key / value are [batch, kv_heads, kv_len, head_dim].
   """
   check_implementation(implementation)
-  heads, kv_heads = query.shape[2], key.shape[2]
+  heads, kv_heads = query.shape[2], key.shape[1 if kv_heads_major else 2]
   if heads % kv_heads:
     raise ValueError(f"{heads} query heads cannot share {kv_heads} key/value heads; "
                      "num_heads must be a multiple of num_kv_heads.")
@@ -57,21 +61,30 @@ def dot_product_attention(query: Array, key: Array, value: Array, *,
     if dropout is not None:
       raise ValueError("The fused attention has no dropout; use the einsum implementation "
                        "while attention dropout is active.")
+    if kv_heads_major:  # jax.nn.dot_product_attention takes [batch, len, heads, dim] only.
+      key, value = key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3)
     return _fused(query, key, value, bias, mask, scale)
-  return _einsum(query, key, value, bias, mask, scale, dropout)
+  return _einsum(query, key, value, bias, mask, scale, dropout, kv_heads_major)
 
 
-def _einsum(query, key, value, bias, mask, scale, dropout):
+def _kv_subscripts(kv_heads_major: bool) -> str:
+  """einsum subscripts of key / value: k = kv position, h = kv head, d = head_dim."""
+  return "bhkd" if kv_heads_major else "bkhd"
+
+
+def _einsum(query, key, value, bias, mask, scale, dropout, kv_heads_major=False):
   batch, q_len, heads, head_dim = query.shape
-  kv_len, kv_heads = key.shape[1], key.shape[2]
+  kv = _kv_subscripts(kv_heads_major)
+  kv_len = key.shape[kv.index("k")]
+  kv_heads = key.shape[kv.index("h")]
   groups = heads // kv_heads
   # Multi-head attention keeps t5x's einsums (and so its exact float32 gradients);
   # grouped-query attention splits the query heads into [kv_heads, groups].
   if groups == 1:
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = jnp.einsum(f"bqhd,{kv}->bhqk", query, key, preferred_element_type=jnp.float32)
   else:
     grouped_query = query.reshape(batch, q_len, kv_heads, groups, head_dim)
-    logits = jnp.einsum("bqhgd,bkhd->bhgqk", grouped_query, key,
+    logits = jnp.einsum(f"bqhgd,{kv}->bhgqk", grouped_query, key,
                         preferred_element_type=jnp.float32)
     logits = logits.reshape(batch, heads, q_len, kv_len)
   if scale != 1.0:
@@ -82,23 +95,25 @@ def _einsum(query, key, value, bias, mask, scale, dropout):
     logits = jnp.where(mask > 0, logits, MASKED_LOGIT)
   if dropout is not None:
     return _weighted_sum(dropout(jax.nn.softmax(logits, axis=-1)).astype(value.dtype), value,
-                         kv_heads)
+                         kv_heads, kv_heads_major)
   # Softmax normalised after the weighted sum: dividing the [.., head_dim] outputs
   # instead of the [.., kv_len] weights saves passes over the largest tensor.
   unnormalized = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
   denominator = jnp.sum(unnormalized, axis=-1).transpose(0, 2, 1)[..., None]  # [b, q, h, 1]
-  out = _weighted_sum(unnormalized.astype(value.dtype), value, kv_heads, jnp.float32)
+  out = _weighted_sum(unnormalized.astype(value.dtype), value, kv_heads, kv_heads_major,
+                      jnp.float32)
   return (out / denominator).astype(value.dtype)
 
 
-def _weighted_sum(weights, value, kv_heads, preferred_element_type=None):
+def _weighted_sum(weights, value, kv_heads, kv_heads_major, preferred_element_type=None):
   """weights [batch, heads, q_len, kv_len] times value -> [batch, q_len, heads, head_dim]."""
   batch, heads, q_len, kv_len = weights.shape
+  kv = _kv_subscripts(kv_heads_major)
   if heads == kv_heads:
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value,
+    return jnp.einsum(f"bhqk,{kv}->bqhd", weights, value,
                       preferred_element_type=preferred_element_type)
   weights = weights.reshape(batch, kv_heads, heads // kv_heads, q_len, kv_len)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", weights, value,
+  out = jnp.einsum(f"bhgqk,{kv}->bqhgd", weights, value,
                    preferred_element_type=preferred_element_type)
   return out.reshape(batch, q_len, heads, value.shape[-1])
 

@@ -305,8 +305,10 @@ class MultiHeadDotProductAttention(nn.Module):
     query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
     key_projection = projection(kv_heads, self.kernel_init, "key")
     value_projection = projection(kv_heads, self.kernel_init, "value")
+    heads_major = False  # Keys / values in the cache layout [batch, kv_heads, len, head_dim].
     if decode and static_kv:
-      key, value = self._static_keys_values(inputs_kv, key_projection, value_projection)
+      key, value, heads_major = self._static_keys_values(inputs_kv, key_projection,
+                                                         value_projection)
     else:
       key, value = _project(inputs_kv, key_projection), _project(inputs_kv, value_projection)
 
@@ -321,17 +323,18 @@ class MultiHeadDotProductAttention(nn.Module):
       query, key = self.rotary(query, positions), self.rotary(key, positions)
 
     if decode and not static_kv:
-      key, value, mask, bias = self._use_cache(key, value, mask, bias, prefill,
-                                               prefill_lengths, max_decode_length)
+      key, value, mask, bias, heads_major = self._use_cache(
+          key, value, mask, bias, prefill, prefill_lengths, max_decode_length)
+    kv_len = key.shape[2 if heads_major else 1]
     if self.sliding_window is not None:
-      key_positions = (jnp.arange(key.shape[1], dtype=jnp.int32)[None, :] if cached_step
+      key_positions = (jnp.arange(kv_len, dtype=jnp.int32)[None, :] if cached_step
                        else positions)
       distance = positions[:, :, None] - key_positions[:, None, :]
       mask = nn.combine_masks(mask, (jnp.abs(distance) < self.sliding_window)[:, None])
-    if bias is not None and bias.shape[-2:] != (query.shape[1], key.shape[1]):
+    if bias is not None and bias.shape[-2:] != (query.shape[1], kv_len):
       # A table built for the full decode length, used on a shorter sequence:
       # relative biases depend only on offsets, so the top-left corner is exact.
-      bias = bias[..., :query.shape[1], :key.shape[1]]
+      bias = bias[..., :query.shape[1], :kv_len]
 
     dropout = None
     if self.dropout_rate > 0 and not deterministic:
@@ -341,17 +344,18 @@ class MultiHeadDotProductAttention(nn.Module):
         query, key, value, bias=bias, mask=mask,
         scale=1.0 / depth_scaling if self.scale_logits else 1.0,
         implementation="einsum" if dropout is not None else self.implementation,
-        dropout=dropout)
+        dropout=dropout, kv_heads_major=heads_major)
     x = nn.with_logical_constraint(x, ("batch", "length", "heads", "kv"))
     out = DenseGeneral(inputs_q.shape[-1], ("joined_kv", "embed"), axis=(-2, -1),
                        dtype=self.dtype, kernel_init=self.kernel_init, name="out")(x)
     return nn.with_logical_constraint(out, ("batch", "length", "embed"))
 
   def _static_keys_values(self, inputs_kv, key_projection, value_projection):
-    """Keys/values of the unchanging inputs_kv: from CROSS_CACHE, or projected (and stored)."""
+    """(key, value, heads_major) of the unchanging inputs_kv: from CROSS_CACHE (heads-major,
+    as stored), or projected (and stored)."""
     if self.has_variable(CROSS_CACHE, "cached_key"):
-      return (_length_major(self.get_variable(CROSS_CACHE, "cached_key")),
-              _length_major(self.get_variable(CROSS_CACHE, "cached_value")))
+      return (self.get_variable(CROSS_CACHE, "cached_key"),
+              self.get_variable(CROSS_CACHE, "cached_value"), True)
     if inputs_kv is None:
       raise ValueError("Cross-attention got inputs_kv=None but has no cached keys/values; "
                        f"pass the encoder outputs, or the '{CROSS_CACHE}' collection that a "
@@ -360,9 +364,10 @@ class MultiHeadDotProductAttention(nn.Module):
     if self.is_mutable_collection(CROSS_CACHE):
       self.put_variable(CROSS_CACHE, "cached_key", _heads_major(key))
       self.put_variable(CROSS_CACHE, "cached_value", _heads_major(value))
-    return key, value
+    return key, value, False
 
   def _use_cache(self, key, value, mask, bias, prefill, prefill_lengths, max_decode_length):
+    """(key, value, mask, bias, heads_major) to attend with, after reading / writing the cache."""
     batch, length, heads, head_dim = key.shape
     is_initialized = self.has_variable("cache", "cached_key")
     cache_length = max_decode_length or length
@@ -384,10 +389,10 @@ class MultiHeadDotProductAttention(nn.Module):
       if prefill_lengths is None:
         prefill_lengths = jnp.full((batch,), length, jnp.int32)
       cache_index.value = jnp.asarray(prefill_lengths, jnp.int32)
-      return key, value, mask, bias
+      return key, value, mask, bias, False
 
     if not is_initialized:
-      return key, value, mask, bias
+      return key, value, mask, bias, False
 
     if length != 1:
       raise ValueError(f"Cached decoding takes one new token per call; got {length}. "
@@ -405,7 +410,6 @@ class MultiHeadDotProductAttention(nn.Module):
     value = cached_value.value.at[rows, :, index].set(
         value[:, 0].astype(cached_value.value.dtype), mode="drop")
     cached_key.value, cached_value.value = key, value
-    key, value = _length_major(key), _length_major(value)
     cache_index.value = index + 1
 
     visible = (positions[None, :] <= index[:, None])[:, None, None, :]
@@ -417,7 +421,7 @@ class MultiHeadDotProductAttention(nn.Module):
                          "max_decode_length equal to the cache length.")
       # Row `index` of the (shared) bias table for every example: [batch, heads, 1, cache].
       bias = jnp.take(bias[0], index, axis=1).transpose(1, 0, 2)[:, :, None, :]
-    return key, value, mask, bias
+    return key, value, mask, bias, True
 
 
 def _heads_major(x: Array) -> Array:
@@ -428,12 +432,6 @@ def _heads_major(x: Array) -> Array:
   that layout on every decode step, which costs about as much as the step's
   attention itself.
   """
-  return x.transpose(0, 2, 1, 3)
-
-
-def _length_major(x: Array) -> Array:
-  """The cache layout back to [batch, len, heads, head_dim]: XLA folds this transpose
-  into the attention matmuls, which then read the cache as stored."""
   return x.transpose(0, 2, 1, 3)
 
 
