@@ -346,6 +346,36 @@ def test_top_k_by_blocks_is_lax_top_k_ties_included(block, k):
                                   np.asarray(expected_values).view(np.int32))
 
 
+@pytest.mark.parametrize("block", [4, 7, 64])
+def test_argmax_by_blocks_is_jnp_argmax(block):
+  rng = np.random.RandomState(block)
+  # Rounded normals: equal maxima recur across blocks, so the first one must win.
+  # 7 does not divide 300 (a padded last block).
+  x = np.round(rng.randn(4, 3, 300) * 2).astype(np.float32) - 10
+  x[rng.rand(*x.shape) < 0.1] = -np.inf
+  x[1, 1] = -np.inf  # every element tied
+  x[2, 0, 299] = 30.0  # the maximum in the padded last block
+  signed_zeros, nan, infinities = x.copy(), x.copy(), x.copy()
+  signed_zeros[0, 2, [2 * block + 1, 2 * block, 3 * block]] = [-0.0, 0.0, 0.0]
+  signed_zeros[0, 2, 5] = -0.0
+  # argmax returns the first NaN, and a float max over a block need not see it.
+  nan[1, 0, [5, 6]] = [-np.nan, 0.0]
+  nan[0, 1, 2 * block + 3] = np.nan
+  infinities[3, 2, [block + 1, 3 * block]] = [np.inf, np.inf]  # a row sum of inf - inf
+  argmax = jax.jit(decoding.blocked_argmax, static_argnums=1)
+  for inputs in (x, signed_zeros, nan, infinities):
+    np.testing.assert_array_equal(argmax(inputs, block), jnp.argmax(inputs, axis=-1))
+
+
+def test_argmax_by_blocks_finds_a_nan_over_t5s_vocabulary():
+  """XLA:CPU's vectorised max over a 128-wide block drops a NaN (seen in jax 0.10)."""
+  logits = np.random.RandomState(0).randn(8, 32128).astype(np.float32)
+  logits[3, [7, 9]] = np.nan
+  index = jax.jit(decoding.blocked_argmax)(logits)
+  np.testing.assert_array_equal(index, jnp.argmax(logits, axis=-1))
+  assert index[3] == 7
+
+
 def test_filter_logits_top_k_and_top_p():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
   top2 = decoding.filter_logits(logits, top_k=2)
