@@ -30,6 +30,10 @@ def test_benchmark_reports_throughput_flops_and_memory():
   assert results["fraction_of_measured_matmul_peak"] == pytest.approx(
       expected_flops / results["seconds_per_step"]
       / (results["matmul_peak_tflops_per_second"] * 1e12), rel=1e-6)
+  # The step's matmuls replayed alone, and the fraction of the peak that time allows.
+  assert results["fraction_of_measured_matmul_peak_with_matmuls_alone"] == pytest.approx(
+      expected_flops / results["matmuls_alone_seconds_per_step"]
+      / (results["matmul_peak_tflops_per_second"] * 1e12), rel=1e-6)
   # Our own count of sharded state bytes agrees with XLA's view of the step's arguments
   # (which also holds the small batch and omits pass-through placeholders).
   assert results["state_bytes_per_device"] == pytest.approx(
@@ -55,6 +59,7 @@ def test_bench_command_prints_a_report(capsys):
   out = capsys.readouterr().out
   assert "tokens_per_second" in out and "model_tflops_per_second_per_device" in out
   assert "fraction_of_measured_matmul_peak" in out and "matmul_peak_tflops_per_second" in out
+  assert "fraction_of_measured_matmul_peak_with_matmuls_alone" in out
 
 
 def test_bench_compile_mode_prints_a_depth_table(capsys):

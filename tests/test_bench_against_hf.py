@@ -48,7 +48,8 @@ def test_train_step_prints_both_rates_the_ratio_and_both_roofline_fractions(caps
   report = _bench(capsys, family)
   for name in ("ours_tokens_per_second", "hf_tokens_per_second", "ours_over_hf",
                "matmul_peak_tflops_per_second", "ours_fraction_of_measured_matmul_peak",
-               "hf_fraction_of_measured_matmul_peak"):
+               "hf_fraction_of_measured_matmul_peak", "ours_matmuls_alone_seconds_per_step",
+               "ours_fraction_of_measured_matmul_peak_with_matmuls_alone"):
     assert _number(report, name) > 0, name
   assert report["matmul_peak_source"].startswith("measured")
   assert report["optimizer_hf"] == {"t5": "transformers.Adafactor (factored)",

@@ -94,8 +94,12 @@ def benchmark_train_against_hf(model: Any, optimizer: Any, optimizer_name: str,
                                target_length: int = 128, rounds: int = 5,
                                num_partitions: int = 1, parameter_partitioning_dims: int = 1,
                                warmup_steps: int = 2, learning_rate: float = 1e-3,
-                               torch_threads: int | None = None) -> dict[str, Any]:
-  """Median step times of ours and transformers' on the same batch, alternating."""
+                               torch_threads: int | None = None,
+                               replay_matmuls: bool = True) -> dict[str, Any]:
+  """Median step times of ours and transformers' on the same batch, alternating.
+
+  replay_matmuls adds our step's matmuls-alone time (benchmarks/matmul_replay).
+  """
   torch, device = _setup(model, torch_threads)
   peak = matmul_peak.device_peak()
   prepared = train_step.prepare_train_step(model, optimizer, batch_size, input_length,
@@ -148,6 +152,7 @@ def benchmark_train_against_hf(model: Any, optimizer: Any, optimizer_name: str,
       "hf_model_tflops_per_second": train_flops / hf_seconds / 1e12,
       f"ours_{peak.fraction_name}": peak.fraction(train_flops / our_seconds, num_devices),
       f"hf_{peak.fraction_name}": peak.fraction(train_flops / hf_seconds, 1),
+      **(prepared.matmul_lines(peak, train_flops, "ours_") if replay_matmuls else {}),
   }
 
 

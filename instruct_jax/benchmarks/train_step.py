@@ -4,6 +4,8 @@ Batches are synthetic and fully packed (one segment per row), so every token
 counts. FLOPs use the exact matmul count of instruct_jax.models.flops
 (training = 3 x forward). The roofline is benchmarks/matmul_peak: MFU where the
 device's peak is published, else the fraction of a matmul peak measured at start.
+With replay_matmuls the report adds how long the step's matmuls take on their own
+(benchmarks/matmul_replay) and the fraction of the peak that time allows.
 """
 import dataclasses
 import time
@@ -13,6 +15,7 @@ import jax
 import numpy as np
 
 from instruct_jax.benchmarks import matmul_peak
+from instruct_jax.benchmarks import matmul_replay
 from instruct_jax.models import flops
 from instruct_jax.train import partitioning
 from instruct_jax.train import trainer as trainer_lib
@@ -58,6 +61,19 @@ class PreparedTrainStep:
     self.state, metrics = self.trainer.train_step(self.state, self.batch)
     return metrics
 
+  def matmuls_alone_seconds(self) -> float:
+    """Seconds the step's matmuls take replayed on their own, on one device."""
+    return matmul_replay.seconds(matmul_replay.dots_of(
+        self.trainer.train_step_jaxpr(self.state, self.batch)))
+
+  def matmul_lines(self, peak: matmul_peak.MatmulPeak, train_flops: int,
+                   prefix: str = "") -> dict[str, Any]:
+    """Report lines: the matmuls-alone time and the fraction of the peak it allows."""
+    seconds = self.matmuls_alone_seconds()
+    return {f"{prefix}matmuls_alone_seconds_per_step": seconds,
+            f"{prefix}{peak.fraction_name}_with_matmuls_alone":
+                peak.fraction(train_flops / seconds, 1)}
+
 
 def prepare_train_step(model: Any, optimizer: Any, batch_size: int, input_length: int,
                        target_length: int, num_partitions: int = 1,
@@ -81,7 +97,7 @@ def train_flops_per_step(model: Any, batch_size: int, input_length: int,
 def benchmark_train_step(model: Any, optimizer: Any, batch_size: int = 8,
                          input_length: int = 512, target_length: int = 128, steps: int = 5,
                          num_partitions: int = 1, parameter_partitioning_dims: int = 1,
-                         warmup_steps: int = 2) -> dict[str, Any]:
+                         warmup_steps: int = 2, replay_matmuls: bool = True) -> dict[str, Any]:
   """Times `steps` train steps after `warmup_steps` (compilation excluded)."""
   peak = matmul_peak.device_peak()
   prepared = prepare_train_step(model, optimizer, batch_size, input_length, target_length,
@@ -120,4 +136,5 @@ def benchmark_train_step(model: Any, optimizer: Any, batch_size: int = 8,
       "compiled_argument_bytes_per_device": getattr(memory, "argument_size_in_bytes", None),
       "compiled_temp_bytes_per_device": getattr(memory, "temp_size_in_bytes", None),
       "final_loss": float(metrics["loss"]),
+      **(prepared.matmul_lines(peak, train_flops) if replay_matmuls else {}),
   }

@@ -159,6 +159,11 @@ class Trainer:
     with self.partitioner.activation_context():
       return self._jit_train_step.lower(state, batch).compile()
 
+  def train_step_jaxpr(self, state: TrainState, batch: Batch) -> Any:
+    """The train step traced to a jaxpr (for benchmarks that inspect its operations)."""
+    with self.partitioner.activation_context():
+      return jax.make_jaxpr(self._jit_train_step)(state, batch)
+
   def _train_step(self, state: TrainState, batch: Batch):
     rng = jax.random.fold_in(self._dropout_rng, state.step)
     grads, metrics = self._accumulate_gradients(state.params, batch, rng)
