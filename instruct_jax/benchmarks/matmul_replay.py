@@ -8,6 +8,8 @@ the step's jaxpr (forward, backward and optimizer alike; a scanned layer's as
 many times as the scan runs) is replayed in one jitted program, each on random
 operands of its shapes. The step's model FLOPs over that time is the fraction
 of the peak the step could reach if everything but its matmuls took no time.
+It errs high: dots of equal operand shapes share one array, which may stay in
+cache, where the step reads distinct weights and activations.
 """
 import dataclasses
 from typing import Any
