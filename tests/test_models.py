@@ -13,6 +13,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
+import factories
 import gin_configs
 from instruct_jax.models import api
 from instruct_jax.models import decoder_only
@@ -622,3 +623,24 @@ def test_model_gin_parses(gin_file):
       assert _flat_shapes(abstract)
   finally:
     gin.clear_config(clear_constants=True)
+
+
+@pytest.mark.parametrize("family", ["decoder", "llama"])
+def test_logits_positions_are_those_positions_of_the_full_logits(decoder_setup, family):
+  """Decoding asks for a prompt's last position only; the LM head then runs on it alone."""
+  _, params, batch = decoder_setup
+  if family == "llama":
+    model = factories.tiny_llama()
+    params = _init(model, _input_shapes(batch))
+  else:
+    model = decoder_setup[0]
+  inputs = (batch["decoder_input_tokens"], batch["decoder_target_tokens"])
+  causal = batch["decoder_causal_attention"]
+  positions = jnp.asarray([3, 6], jnp.int32)
+  full = model.module.apply({"params": params}, *inputs, decoder_causal_attention=causal,
+                            enable_dropout=False)
+  picked = model.module.apply({"params": params}, *inputs, decoder_causal_attention=causal,
+                              enable_dropout=False, logits_positions=positions)
+  assert picked.shape == (2, 1, full.shape[-1])
+  np.testing.assert_allclose(picked[:, 0], api.at_positions(full, positions), rtol=1e-5,
+                             atol=1e-5)

@@ -104,24 +104,24 @@ class DecoderOnlyModel(api.Model):
       logits, mutated = module.apply(
           variables, prompt, None, decoder_causal_attention=bidirectional,
           enable_dropout=False, decode=True, prefill=True, prefill_lengths=prompt_lengths,
-          max_decode_length=length, mutable=["cache"])
+          max_decode_length=length, logits_positions=last_prompt_position, mutable=["cache"])
       state, context = {"cache": mutated["cache"]}, None
     else:
-      def forward(buffer, causal_attention):
+      def forward(buffer, causal_attention, index):
         return module.apply(variables, buffer, jnp.ones_like(buffer),
-                            decoder_causal_attention=causal_attention, enable_dropout=False)
+                            decoder_causal_attention=causal_attention, enable_dropout=False,
+                            logits_positions=index)
 
       def step_fn(tokens, state, context):
         index = jnp.minimum(state["index"], length - 1)
         buffer = api.write_tokens(state["decoder_input_tokens"], index, tokens)
-        logits = forward(buffer, context)
-        return api.at_positions(logits, index), {"decoder_input_tokens": buffer,
-                                              "index": state["index"] + 1}
+        logits = forward(buffer, context, index)
+        return logits[:, 0], {"decoder_input_tokens": buffer, "index": state["index"] + 1}
 
-      logits = forward(prompt, bidirectional)
+      logits = forward(prompt, bidirectional, last_prompt_position)
       state = {"decoder_input_tokens": prompt, "index": prompt_lengths}
       context = bidirectional  # The prefix-LM attention pattern, or None.
-    first_logits = api.at_positions(logits, last_prompt_position)
+    first_logits = logits[:, 0]
     return decoding.DecodingSetup(first_logits, state, step_fn, max_length, limits, context)
 
   def _logits(self, params: Any, batch: Batch, dropout_rng: Optional[Array]) -> Array:

@@ -80,7 +80,8 @@ class _DecoderStack(nn.Module):
   @nn.compact
   def __call__(self, decoder_input_tokens: Array, mask: Optional[Array],
                deterministic: bool, decode: bool, prefill: bool,
-               prefill_lengths: Optional[Array], max_decode_length: Optional[int]) -> Array:
+               prefill_lengths: Optional[Array], max_decode_length: Optional[int],
+               logits_positions: Optional[Array] = None) -> Array:
     cfg = self.config
     dtype = cfg.activation_dtype
     embedder = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=dtype,
@@ -102,6 +103,8 @@ class _DecoderStack(nn.Module):
                          static_argnums=(4, 5, 6, 8))
     y = layers.RMSNorm(dtype=dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    if logits_positions is not None:  # Decoding reads one position per row.
+      y = jnp.take_along_axis(y, logits_positions[:, None, None], axis=1)
     if cfg.logits_via_embedding:
       logits = embedder.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
     else:
@@ -122,8 +125,9 @@ class DecoderOnly(nn.Module):
                decoder_positions: Optional[Array] = None,
                decoder_causal_attention: Optional[Array] = None, enable_dropout: bool = True,
                decode: bool = False, max_decode_length: Optional[int] = None,
-               prefill: bool = False, prefill_lengths: Optional[Array] = None) -> Array:
-    """Logits for every position.
+               prefill: bool = False, prefill_lengths: Optional[Array] = None,
+               logits_positions: Optional[Array] = None) -> Array:
+    """Logits for every position (or at logits_positions).
 
     decode=True uses the KV cache: a first call creates it (length
     max_decode_length or the input length), then one token per call with
@@ -131,14 +135,16 @@ class DecoderOnly(nn.Module):
     prompts at once (bidirectional over `decoder_causal_attention` for a prefix
     LM); prefill_lengths [batch] defaults to sum(decoder_causal_attention) when
     given, else the full input length, and becomes each example's next write
-    position.
+    position. logits_positions [batch]: only that position's logits per row,
+    [batch, 1, vocab] (decoding needs a prompt's last; the LM head then runs
+    on one position instead of all).
     """
     del decoder_positions  # Relative attention needs no absolute positions.
     mask, prefill_lengths = self_attention_mask(
         decoder_input_tokens, decoder_target_tokens, decoder_segment_ids,
         decoder_causal_attention, decode, prefill, prefill_lengths)
     return self.decoder(decoder_input_tokens, mask, not enable_dropout, decode, prefill,
-                        prefill_lengths, max_decode_length)
+                        prefill_lengths, max_decode_length, logits_positions)
 
 
 def self_attention_mask(decoder_input_tokens: Array, decoder_target_tokens: Optional[Array],

@@ -117,7 +117,8 @@ class _LlamaStack(nn.Module):
   @nn.compact
   def __call__(self, decoder_input_tokens: Array, mask: Optional[Array], positions: Array,
                deterministic: bool, decode: bool, prefill: bool,
-               prefill_lengths: Optional[Array], max_decode_length: Optional[int]) -> Array:
+               prefill_lengths: Optional[Array], max_decode_length: Optional[int],
+               logits_positions: Optional[Array] = None) -> Array:
     cfg = self.config
     dtype = cfg.activation_dtype
     embedder = layers.Embed(num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=dtype,
@@ -134,6 +135,8 @@ class _LlamaStack(nn.Module):
                          static_argnums=(4, 5, 6, 8))
     y = layers.RMSNorm(cfg.norm_epsilon, dtype=dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    if logits_positions is not None:  # Decoding reads one position per row.
+      y = jnp.take_along_axis(y, logits_positions[:, None, None], axis=1)
     if cfg.tie_word_embeddings:
       logits = embedder.attend(y)
     else:
@@ -158,8 +161,10 @@ class Llama(nn.Module):
                decoder_positions: Optional[Array] = None,
                decoder_causal_attention: Optional[Array] = None, enable_dropout: bool = True,
                decode: bool = False, max_decode_length: Optional[int] = None,
-               prefill: bool = False, prefill_lengths: Optional[Array] = None) -> Array:
-    """Logits for every position (decode / prefill as in DecoderOnly.__call__)."""
+               prefill: bool = False, prefill_lengths: Optional[Array] = None,
+               logits_positions: Optional[Array] = None) -> Array:
+    """Logits for every position (decode / prefill / logits_positions as in
+    DecoderOnly.__call__)."""
     mask, prefill_lengths = decoder.self_attention_mask(
         decoder_input_tokens, decoder_target_tokens, decoder_segment_ids,
         decoder_causal_attention, decode, prefill, prefill_lengths)
@@ -168,4 +173,5 @@ class Llama(nn.Module):
           jnp.arange(decoder_input_tokens.shape[-1], dtype=jnp.int32),
           decoder_input_tokens.shape)
     return self.decoder(decoder_input_tokens, mask, jnp.asarray(decoder_positions, jnp.int32),
-                        not enable_dropout, decode, prefill, prefill_lengths, max_decode_length)
+                        not enable_dropout, decode, prefill, prefill_lengths, max_decode_length,
+                        logits_positions)
