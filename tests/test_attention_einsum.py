@@ -24,17 +24,22 @@ def _reference_attention(query, key, value, bias, mask):
   return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), value)
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_einsum_attention_values_and_gradients_equal_the_plain_formula(kv_heads):
-  keys = jax.random.split(jax.random.PRNGKey(1), 5)
-  batch, q_len, kv_len, heads, head_dim = 3, 5, 6, 4, 8
+def _attention_inputs(seed, q_len, kv_len, kv_heads, batch=3, heads=4, head_dim=8):
+  """Random (query, key, value, bias, mask), keys / values length-major."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 5)
   query = jax.random.normal(keys[0], (batch, q_len, heads, head_dim))
   key = jax.random.normal(keys[1], (batch, kv_len, kv_heads, head_dim))
   value = jax.random.normal(keys[2], (batch, kv_len, kv_heads, head_dim))
   bias = jax.random.normal(keys[3], (1, heads, q_len, kv_len))
   mask = jax.random.bernoulli(keys[4], 0.7, (batch, 1, q_len, kv_len))
+  return query, key, value, bias, mask
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_einsum_attention_values_and_gradients_equal_the_plain_formula(kv_heads):
+  query, key, value, bias, mask = _attention_inputs(1, q_len=5, kv_len=6, kv_heads=kv_heads)
   mask = mask.at[0, 0, 1].set(False)  # a fully masked query row (padding)
-  cotangent = jax.random.normal(jax.random.PRNGKey(2), (batch, q_len, heads, head_dim))
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), query.shape)
 
   def outputs_and_gradients(fn):
     out, vjp = jax.vjp(lambda q, k, v, b: fn(q, k, v, b, mask), query, key, value, bias)
@@ -51,13 +56,7 @@ def test_einsum_attention_values_and_gradients_equal_the_plain_formula(kv_heads)
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_heads_major_keys_values_give_the_same_attention(implementation, kv_heads):
   """The decoding caches' layout [batch, kv_heads, kv_len, head_dim], read as stored."""
-  keys = jax.random.split(jax.random.PRNGKey(3), 5)
-  batch, q_len, kv_len, heads, head_dim = 3, 2, 7, 4, 8
-  query = jax.random.normal(keys[0], (batch, q_len, heads, head_dim))
-  key = jax.random.normal(keys[1], (batch, kv_len, kv_heads, head_dim))
-  value = jax.random.normal(keys[2], (batch, kv_len, kv_heads, head_dim))
-  bias = jax.random.normal(keys[3], (1, heads, q_len, kv_len))
-  mask = jax.random.bernoulli(keys[4], 0.7, (batch, 1, q_len, kv_len))
+  query, key, value, bias, mask = _attention_inputs(3, q_len=2, kv_len=7, kv_heads=kv_heads)
 
   def attend(k, v, heads_major):
     return attention.dot_product_attention(query, k, v, bias=bias, mask=mask,
