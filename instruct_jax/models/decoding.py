@@ -178,8 +178,8 @@ def blocked_argmax(x: Array, block: int = 128) -> Array:
   32k vocabulary, five times as long as a vectorised max over blocks of `block`
   elements, an argmax over those block maxima and one within the chosen block.
   Same index: the first maximum lies in the first block whose maximum equals
-  the row's. A float max need not propagate NaN, so when a row sum (which
-  does) is NaN, jnp.argmax runs over all of x instead.
+  the row's. A float max need not propagate NaN, so when the sum of x (which
+  does; inf - inf also makes it NaN) is NaN, jnp.argmax runs over all of x.
   """
   n = x.shape[-1]
   blocks = -(-n // block)
