@@ -27,6 +27,7 @@ from instruct_jax.benchmarks import decode_roofline
 from instruct_jax.benchmarks import decode_speed
 from instruct_jax.benchmarks import hf_reference
 from instruct_jax.benchmarks import matmul_peak
+from instruct_jax.benchmarks import report
 from instruct_jax.benchmarks import train_step
 from instruct_jax.errors import UsageError
 from instruct_jax.train import trainer as trainer_lib
@@ -68,8 +69,7 @@ def _setup(model: Any, torch_threads: int | None) -> tuple[Any, Any]:
 
 
 def _common_lines(model: Any, torch: Any, device: Any, rounds: int) -> dict[str, Any]:
-  return {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
-          "torch_device": str(device), "torch_threads": torch.get_num_threads(),
+  return {**report.device_lines(), "torch_device": str(device), "torch_threads": torch.get_num_threads(),
           "activation_dtype": str(jnp.dtype(model.module.config.dtype)),
           "rounds": rounds}
 

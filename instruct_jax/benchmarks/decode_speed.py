@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from instruct_jax.benchmarks import decode_roofline
+from instruct_jax.benchmarks import report
 from instruct_jax.benchmarks import train_step
 from instruct_jax.models import decoding
 from instruct_jax.train import partitioning
@@ -110,8 +111,7 @@ def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
   prepared = prepare_decode(model, batch_size, input_length, target_length, num_partitions,
                             parameter_partitioning_dims)
   roofline = decode_roofline.Roofline.of_device()
-  results = {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
-             "batch_size": batch_size, "input_length": input_length,
+  results = {**report.device_lines(), "batch_size": batch_size, "input_length": input_length,
              "target_length": target_length, **roofline.report_lines()}
   for method in methods:
     beams = num_beams if method == "beam" else 1

@@ -1,6 +1,13 @@
 """Benchmark results as aligned `name value` lines (bytes in MiB)."""
 from typing import Any, Mapping
 
+import jax
+
+
+def device_lines() -> dict[str, Any]:
+  """The report's first lines: how many jax devices ran it, and of which kind."""
+  return {"devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind}
+
 
 def format_report(results: Mapping[str, Any]) -> str:
   lines = []

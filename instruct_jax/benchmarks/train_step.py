@@ -16,6 +16,7 @@ import numpy as np
 
 from instruct_jax.benchmarks import matmul_peak
 from instruct_jax.benchmarks import matmul_replay
+from instruct_jax.benchmarks import report
 from instruct_jax.models import flops
 from instruct_jax.train import partitioning
 from instruct_jax.train import trainer as trainer_lib
@@ -124,8 +125,7 @@ def benchmark_train_step(model: Any, optimizer: Any, batch_size: int = 8,
   train_flops = train_flops_per_step(model, batch_size, input_length, target_length)
   tflops_per_device = train_flops / seconds / num_devices / 1e12
   return {
-      "devices": num_devices,
-      "device_kind": jax.devices()[0].device_kind,
+      **report.device_lines(),
       "seconds_per_step": seconds,
       "tokens_per_second": tokens / seconds,
       "tokens_per_second_per_device": tokens / seconds / num_devices,
