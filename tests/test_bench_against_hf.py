@@ -64,7 +64,8 @@ def test_decode_prints_both_rates_and_identical_weights_give_identical_greedy_to
   report = _bench(capsys, family, "--mode=decode", "--num_beams=2", *deeper_decoder)
   for name in ("greedy", "beam2"):
     for suffix in ("ours_tokens_per_second", "hf_tokens_per_second", "ours_over_hf",
-                   "floor_tokens_per_second", "ours_fraction_of_floor", "hf_fraction_of_floor"):
+                   "floor_tokens_per_second", "ours_fraction_of_floor", "hf_fraction_of_floor",
+                   "matmuls_alone_tokens_per_second", "matmuls_alone_over_hf"):
       assert _number(report, f"{name}_{suffix}") > 0, f"{name}_{suffix}"
     assert 0 <= _number(report, f"{name}_token_agreement") <= 1
   assert _number(report, "greedy_token_agreement") == 1.0

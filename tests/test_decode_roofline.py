@@ -88,3 +88,4 @@ def test_bench_decode_reports_the_floor_and_each_cached_decodes_fraction_of_it(c
     assert fraction == pytest.approx(number(f"{name}_cached_tokens_per_second") / floor,
                                      rel=2e-3)  # printed to 4 significant digits
     assert f"{name}_uncached_fraction_of_floor" not in report  # the floor assumes the cache
+    assert number(f"{name}_cached_matmuls_alone_tokens_per_second") > 0

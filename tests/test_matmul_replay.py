@@ -27,6 +27,21 @@ def test_dots_of_counts_gradients_and_scanned_layers():
   assert len(dots) == 3 + 1 + 1 + 3 * 2
 
 
+def test_a_while_loop_runs_its_body_in_order_for_the_given_trips():
+  def decode(x, w_a, w_b):
+    def body(carry):
+      i, h = carry
+      return i + 1, jnp.tanh(jnp.tanh(h @ w_a) @ w_b)  # [2, 4] x [4, 6], then [2, 6] x [6, 4]
+    return jax.lax.while_loop(lambda c: jnp.sum(c[1]) < 1e9, body, (0, x))[1]
+
+  jaxpr = jax.make_jaxpr(decode)(jnp.ones((2, 4)), jnp.ones((4, 6)), jnp.ones((6, 4)))
+  dots = matmul_replay.dots_of(jaxpr, while_trips=3)
+  assert [d.rhs.shape for d in dots] == [(4, 6), (6, 4)] * 3
+  # One array per program value: two weights and two activations, read as the loop does.
+  assert len({(d.operands[i], (d.lhs, d.rhs)[i].shape) for d in dots for i in (0, 1)}) == 4
+  assert matmul_replay.seconds(dots, repeats=1, distinct_values=True) > 0
+
+
 def test_batched_dot_flops():
   dot, = matmul_replay.dots_of(jax.make_jaxpr(lambda q, k: jnp.einsum("bqd,bkd->bqk", q, k))(
       jnp.ones((2, 3, 5)), jnp.ones((2, 7, 5))))

@@ -203,8 +203,14 @@ def benchmark_decode_against_hf(model: Any, batch_size: int = 8, input_length: i
                                 methods: tuple[str, ...] = ("greedy", "beam"),
                                 num_partitions: int = 1,
                                 parameter_partitioning_dims: int = 1,
-                                torch_threads: int | None = None) -> dict[str, Any]:
-  """Median whole-batch decode times of ours and transformers' generate, alternating."""
+                                torch_threads: int | None = None,
+                                replay_matmuls: bool = True) -> dict[str, Any]:
+  """Median whole-batch decode times of ours and transformers' generate, alternating.
+
+  replay_matmuls adds the rate of our decode's matmuls alone
+  (PreparedDecode.matmuls_alone_tokens_per_second): the most any implementation
+  using this device's matmul kernels could reach, and its ratio to transformers.
+  """
   torch, device = _setup(model, torch_threads)
   prepared = decode_speed.prepare_decode(model, batch_size, input_length, target_length,
                                          num_partitions, parameter_partitioning_dims)
@@ -232,4 +238,9 @@ def benchmark_decode_against_hf(model: Any, batch_size: int = 8, input_length: i
         f"{name}_ours_fraction_of_floor": new_tokens / our_seconds / floor,
         f"{name}_hf_fraction_of_floor": new_tokens / hf_seconds / floor,
     })
+    if replay_matmuls:
+      alone = prepared.matmuls_alone_tokens_per_second(
+          decode_speed.decode_config(method, target_length, num_beams))
+      results[f"{name}_matmuls_alone_tokens_per_second"] = alone
+      results[f"{name}_matmuls_alone_over_hf"] = alone * hf_seconds / new_tokens
   return results

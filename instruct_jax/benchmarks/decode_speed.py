@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from instruct_jax.benchmarks import decode_roofline
+from instruct_jax.benchmarks import matmul_replay
 from instruct_jax.benchmarks import report
 from instruct_jax.benchmarks import train_step
 from instruct_jax.models import decoding
@@ -54,6 +55,20 @@ class PreparedDecode:
         self.model.module.config.activation_dtype.itemsize)
     return roofline.floor_tokens_per_second(self.model.module.config, shape,
                                             len(jax.devices()))
+
+  def matmuls_alone_tokens_per_second(self, cfg: decoding.DecodeConfig) -> float:
+    """New tokens per second if the decode were only its matmuls (benchmarks/matmul_replay).
+
+    Each weight and activation is its own array, as in the decode, so the replay
+    reads as many bytes. Every row decodes target_length tokens (EOS is off), so
+    the decode loop runs target_length times.
+    """
+    with self.partitioner.activation_context():
+      jaxpr = jax.make_jaxpr(lambda p, b: self.model.predict_batch(p, b, cfg))(self.params,
+                                                                             self.batch)
+    seconds = matmul_replay.seconds(
+        matmul_replay.dots_of(jaxpr, while_trips=self.target_length), distinct_values=True)
+    return len(next(iter(self.host_batch.values()))) * self.target_length / seconds
 
   def compile(self, cfg: decoding.DecodeConfig) -> tuple[Callable[[], Any], float]:
     """(a call that decodes the batch and returns its tokens on the host, compile seconds)."""
@@ -102,11 +117,13 @@ def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
                      target_length: int = 128, steps: int = 3, num_partitions: int = 1,
                      parameter_partitioning_dims: int = 1, num_beams: int = 4,
                      methods: tuple[str, ...] = ("greedy", "beam"),
-                     use_cache: tuple[bool, ...] = (True, False)) -> dict[str, Any]:
+                     use_cache: tuple[bool, ...] = (True, False),
+                     replay_matmuls: bool = True) -> dict[str, Any]:
   """Times whole-batch decodes (compilation excluded) for each method x cache setting.
 
   Cached decodes also report their fraction of the device's decode floor
-  (benchmarks/decode_roofline).
+  (benchmarks/decode_roofline) and, with replay_matmuls, the rate of their
+  matmuls alone (PreparedDecode.matmuls_alone_tokens_per_second).
   """
   prepared = prepare_decode(model, batch_size, input_length, target_length, num_partitions,
                             parameter_partitioning_dims)
@@ -131,4 +148,8 @@ def benchmark_decode(model: Any, batch_size: int = 8, input_length: int = 512,
       results[f"{name}_compile_seconds"] = compile_seconds
       if cached:  # the floor assumes the KV cache
         results[f"{name}_fraction_of_floor"] = batch_size * target_length / seconds / floor
+        if replay_matmuls:
+          results[f"{name}_matmuls_alone_tokens_per_second"] = (
+              prepared.matmuls_alone_tokens_per_second(
+                  decode_config(method, target_length, num_beams, cached)))
   return results
