@@ -89,3 +89,17 @@ def test_bench_decode_reports_the_floor_and_each_cached_decodes_fraction_of_it(c
                                      rel=2e-3)  # printed to 4 significant digits
     assert f"{name}_uncached_fraction_of_floor" not in report  # the floor assumes the cache
     assert number(f"{name}_cached_matmuls_alone_tokens_per_second") > 0
+
+
+def test_bench_decodes_the_bfloat16_llama_gin_on_cpu(capsys):
+  """A bfloat16 grouped-query decode step once hit a product XLA:CPU has no kernel for."""
+  gin.clear_config()
+  try:
+    cli.run_command(["bench", "--mode=decode", "--gin_file=models/llama/tiny.gin",
+                     "--batch_size=8", "--input_length=8", "--target_length=4",
+                     "--num_beams=2", "--gin.BENCH_STEPS=1",
+                     "--gin.decode_speed.benchmark_decode.use_cache=(True,)"], join_job=False)
+  finally:
+    gin.clear_config()
+  out = capsys.readouterr().out
+  assert "greedy_cached_tokens_per_second" in out and "beam2_cached_tokens_per_second" in out

@@ -42,6 +42,15 @@ def test_a_while_loop_runs_its_body_in_order_for_the_given_trips():
   assert matmul_replay.seconds(dots, repeats=1, distinct_values=True) > 0
 
 
+def test_bfloat16_dots_replay_on_cpu():
+  """XLA:CPU has no bfloat16 x bfloat16 -> float32 dot kernel; the replay upcasts as XLA does."""
+  lhs, rhs = jnp.ones((4, 8), jnp.bfloat16), jnp.ones((8, 2), jnp.bfloat16)
+  dots = matmul_replay.dots_of(jax.make_jaxpr(
+      lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))(lhs, rhs))
+  assert dots[0].lhs.dtype == jnp.bfloat16
+  assert matmul_replay.seconds(dots, repeats=1) > 0
+
+
 def test_batched_dot_flops():
   dot, = matmul_replay.dots_of(jax.make_jaxpr(lambda q, k: jnp.einsum("bqd,bkd->bqk", q, k))(
       jnp.ones((2, 3, 5)), jnp.ones((2, 7, 5))))

@@ -109,6 +109,10 @@ def _weighted_sum(weights, value, kv_heads, kv_heads_major, preferred_element_ty
   """weights [batch, heads, q_len, kv_len] times value -> [batch, q_len, heads, head_dim]."""
   batch, heads, q_len, kv_len = weights.shape
   kv = _kv_subscripts(kv_heads_major)
+  if preferred_element_type == jnp.float32 and jax.default_backend() == "cpu":
+    # XLA:CPU has no kernel for some bfloat16 x bfloat16 -> float32 products (a
+    # grouped-query decode step's); upcasting first gives the same float32 result.
+    weights, value = weights.astype(jnp.float32), value.astype(jnp.float32)
   if heads == kv_heads:
     return jnp.einsum(f"bhqk,{kv}->bqhd", weights, value,
                       preferred_element_type=preferred_element_type)
