@@ -133,6 +133,12 @@ def filter_logits(logits: Array, top_k: int = 0, top_p: float = 1.0) -> Array:
   return logits
 
 
+def _tiles(x: Array, block: int, blocks: int) -> Array:
+  """x's last axis padded with -inf to `blocks` x `block` and split: [..., blocks, block]."""
+  padding = [(0, 0)] * (x.ndim - 1) + [(0, blocks * block - x.shape[-1])]
+  return jnp.pad(x, padding, constant_values=-jnp.inf).reshape(*x.shape[:-1], blocks, block)
+
+
 def blocked_top_k(x: Array, k: int, block: int = 128) -> tuple[Array, Array]:
   """jax.lax.top_k(x, k) over the last axis, without scanning every element in TopK.
 
@@ -148,13 +154,11 @@ def blocked_top_k(x: Array, k: int, block: int = 128) -> tuple[Array, Array]:
   float max need not give for NaN or signed zeros, so when any block maximum is
   NaN or zero, lax.top_k runs over all of x instead.
   """
-  n = x.shape[-1]
+  n, lead = x.shape[-1], x.shape[:-1]
   blocks = -(-n // block)
   if blocks <= k:
     return jax.lax.top_k(x, k)
-  lead = x.shape[:-1]
-  padding = [(0, 0)] * len(lead) + [(0, blocks * block - n)]
-  tiles = jnp.pad(x, padding, constant_values=-jnp.inf).reshape(*lead, blocks, block)
+  tiles = _tiles(x, block, blocks)
   maxima = jnp.max(tiles, axis=-1)
 
   def by_blocks(tiles):
@@ -181,13 +185,11 @@ def blocked_argmax(x: Array, block: int = 128) -> Array:
   the row's. A float max need not propagate NaN, so when the sum of x (which
   does; inf - inf also makes it NaN) is NaN, jnp.argmax runs over all of x.
   """
-  n = x.shape[-1]
+  n, lead = x.shape[-1], x.shape[:-1]
   blocks = -(-n // block)
   if blocks <= 1:
     return jnp.argmax(x, axis=-1)
-  lead = x.shape[:-1]
-  padding = [(0, 0)] * len(lead) + [(0, blocks * block - n)]
-  tiles = jnp.pad(x, padding, constant_values=-jnp.inf).reshape(*lead, blocks, block)
+  tiles = _tiles(x, block, blocks)
 
   def by_blocks(tiles):
     best = jnp.argmax(jnp.max(tiles, axis=-1), axis=-1)
